@@ -1,0 +1,46 @@
+"""Atomic file writes: write to a temporary file in the same folder, then rename over the target.
+
+A crash or error mid-write leaves the previous file (or nothing), never a partial one.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success it replaces ``target``, on error it is removed.
+
+    The temporary name keeps the target's suffix, so tools that pick a format from the extension
+    (ffmpeg, numpy) still work.
+    """
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def ensure_out_dir(out_dir: str | Path) -> Path:
+    """Create the output folder if needed and check that it is writable."""
+    from ..errors import PtrackError
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PtrackError(f"cannot create output folder {out}: {exc.strerror} (choose another --out)") from None
+    if not out.is_dir():
+        raise PtrackError(f"output path {out} exists and is not a folder (choose another --out)")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise PtrackError(f"output folder {out} is not writable (choose another --out)")
+    return out

@@ -1,0 +1,207 @@
+"""Streaming video input: any file ffmpeg reads (through imageio-ffmpeg) or a folder of numbered images.
+
+Frames come out one at a time as ``[H, W, 3]`` uint8 RGB, so memory does not grow with video length.
+``start``/``end``/``stride`` select source frames; ``max_size`` shrinks the longer side before tracking
+(coordinates are mapped back with :meth:`VideoReader.to_source`).
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from ..errors import PtrackError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _numbered_images(folder: Path) -> list[Path]:
+    """Image files of a folder in frame order (numeric part of the name, then the name)."""
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
+
+    def key(p: Path) -> tuple:
+        nums = re.findall(r"\d+", p.stem)
+        return (int(nums[-1]) if nums else math.inf, p.name)
+
+    return sorted(files, key=key)
+
+
+def _count_frames(path: str) -> int:
+    """Frame count by stream copy (no decoding: much faster than imageio's decode-based count)."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-i", path, "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.decode(errors="ignore"))
+    counts = re.findall(rb"frame=\s*(\d+)", proc.stderr)
+    return int(counts[-1]) if counts else 0
+
+
+class VideoReader:
+    """A :class:`~pointtrack_cli.trackers.base.FrameSource` over a video file or image folder.
+
+    Attributes (after selection and resizing): ``num_frames``, ``height``, ``width``, ``fps``;
+    ``frame_indices`` ``[T]`` source frame numbers; ``source_size`` (w, h) of the original video;
+    ``source_num_frames`` frames in the file.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        start: int = 0,
+        end: int | None = None,
+        stride: int = 1,
+        max_size: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise PtrackError(f"video not found: {self.path} (check the path)")
+        if stride < 1:
+            raise PtrackError(f"--stride must be >= 1, got {stride}")
+        if start < 0:
+            raise PtrackError(f"--start must be >= 0, got {start}")
+        self.is_folder = self.path.is_dir()
+        if self.is_folder:
+            self._files = _numbered_images(self.path)
+            if not self._files:
+                raise PtrackError(f"no frames: folder {self.path} holds no images ({', '.join(IMAGE_EXTS)})")
+            first = self._read_image(self._files[0])
+            self.source_num_frames = len(self._files)
+            src_h, src_w = first.shape[:2]
+            self.fps = 30.0  # image folders carry no rate; DAVIS is 24-30 fps
+        else:
+            src_w, src_h, self.fps, self.source_num_frames = self._probe_file()
+        self.source_size = (int(src_w), int(src_h))
+        if end is None:
+            end = self.source_num_frames
+        if start >= self.source_num_frames:
+            raise PtrackError(
+                f"--start {start} is beyond the last frame ({self.source_num_frames - 1}) of {self.path.name}"
+            )
+        if end <= start:
+            raise PtrackError(f"empty frame range: --end {end} must be greater than --start {start}")
+        end = min(end, self.source_num_frames)
+        self.frame_indices = np.arange(start, end, stride, dtype=np.int64)
+        self.num_frames = len(self.frame_indices)
+        self.scale = 1.0
+        if max_size is not None:
+            if max_size < 16:
+                raise PtrackError(f"--max-size must be at least 16 pixels, got {max_size}")
+            longer = max(src_w, src_h)
+            if longer > max_size:
+                self.scale = max_size / longer
+        self.width = max(1, round(src_w * self.scale))
+        self.height = max(1, round(src_h * self.scale))
+
+    # -- probing and decoding ------------------------------------------------------------------
+    def _probe_file(self) -> tuple[int, int, float, int]:
+        import imageio_ffmpeg
+
+        try:
+            gen = imageio_ffmpeg.read_frames(str(self.path), pix_fmt="rgb24")
+            meta = next(gen)
+            gen.close()
+            nframes = _count_frames(str(self.path))
+        except (RuntimeError, OSError, StopIteration, ValueError) as exc:
+            msg = str(exc).strip().splitlines()
+            raise PtrackError(
+                f"cannot read video {self.path}: {msg[-1][:160] if msg else 'ffmpeg failed'} "
+                "(the file is corrupt or not a video ffmpeg can decode)"
+            ) from None
+        w, h = meta.get("source_size") or meta["size"]
+        if nframes <= 0:
+            raise PtrackError(f"no frames: {self.path} contains no video frames")
+        fps = float(meta.get("fps") or 30.0)
+        return int(w), int(h), fps, int(nframes)
+
+    def _read_image(self, path: Path) -> np.ndarray:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise PtrackError(f"cannot read image {path} (corrupt or unsupported file)")
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+    def _source_frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(source index, frame) for the selected frames at the original size."""
+        wanted = set(self.frame_indices.tolist())
+        last = int(self.frame_indices[-1])
+        if self.is_folder:
+            for i in self.frame_indices:
+                frame = self._read_image(self._files[int(i)])
+                if frame.shape[:2] != (self.source_size[1], self.source_size[0]):
+                    raise PtrackError(
+                        f"image {self._files[int(i)].name} is {frame.shape[1]}x{frame.shape[0]}, "
+                        f"but the first frame is {self.source_size[0]}x{self.source_size[1]} (all frames must match)"
+                    )
+                yield int(i), frame
+            return
+        import imageio_ffmpeg
+
+        w, h = self.source_size
+        gen = imageio_ffmpeg.read_frames(str(self.path), pix_fmt="rgb24")
+        try:
+            next(gen)
+            for i, buf in enumerate(gen):
+                if i > last:
+                    break
+                if i in wanted:
+                    yield i, np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3)
+        except RuntimeError as exc:
+            raise PtrackError(f"decoding {self.path} failed at frame {i}: {str(exc).strip()[:160]}") from None
+        finally:
+            gen.close()
+
+    # -- FrameSource API -----------------------------------------------------------------------
+    def __iter__(self) -> Iterator[np.ndarray]:
+        n = 0
+        for _, frame in self._source_frames():
+            if self.scale != 1.0:
+                frame = cv2.resize(frame, (self.width, self.height), interpolation=cv2.INTER_AREA)
+            n += 1
+            yield frame
+        if n < self.num_frames:
+            # Containers sometimes announce more frames than they decode; trim so shapes stay consistent.
+            self.num_frames = n
+            self.frame_indices = self.frame_indices[:n]
+            if n == 0:
+                raise PtrackError(f"no frames could be decoded from {self.path} (corrupt video)")
+
+    def read_all(self) -> np.ndarray:
+        """All selected frames ``[T, H, W, 3]`` uint8 (only for trackers that need the whole clip)."""
+        frames = list(self)
+        return np.stack(frames) if frames else np.zeros((0, self.height, self.width, 3), np.uint8)
+
+    def source_frames(self) -> Iterator[np.ndarray]:
+        """Selected frames at the original size (for the overlay)."""
+        for _, frame in self._source_frames():
+            yield frame
+
+    # -- coordinates ---------------------------------------------------------------------------
+    def to_source(self, xy: np.ndarray) -> np.ndarray:
+        """Pixels of the (possibly resized) frames -> original-video pixels (pixel-centre aware)."""
+        if self.scale == 1.0:
+            return np.asarray(xy, dtype=np.float64)
+        sx, sy = self.source_size[0] / self.width, self.source_size[1] / self.height
+        xy = np.asarray(xy, dtype=np.float64)
+        return np.stack([(xy[..., 0] + 0.5) * sx - 0.5, (xy[..., 1] + 0.5) * sy - 0.5], axis=-1)
+
+    def from_source(self, xy: np.ndarray) -> np.ndarray:
+        """Original-video pixels -> pixels of the frames handed to the tracker."""
+        if self.scale == 1.0:
+            return np.asarray(xy, dtype=np.float64)
+        sx, sy = self.width / self.source_size[0], self.height / self.source_size[1]
+        xy = np.asarray(xy, dtype=np.float64)
+        return np.stack([(xy[..., 0] + 0.5) * sx - 0.5, (xy[..., 1] + 0.5) * sy - 0.5], axis=-1)
+
+
+def open_video(
+    path: str | Path, start: int = 0, end: int | None = None, stride: int = 1, max_size: int | None = None
+) -> VideoReader:
+    """Open a video file or image folder for streaming; see :class:`VideoReader`."""
+    return VideoReader(path, start=start, end=end, stride=stride, max_size=max_size)

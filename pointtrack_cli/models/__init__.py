@@ -1,0 +1,1 @@
+"""Neural network models in plain PyTorch, one file per model."""

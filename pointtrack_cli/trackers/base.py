@@ -1,0 +1,103 @@
+"""The tracker interface every model implements (LK, RealTracker, ProTracker, the ensemble, ...).
+
+Data path: a :class:`FrameSource` (frames ``[H, W, 3]`` uint8 RGB) and queries ``[N, 3]`` rows
+``(t, x, y)`` go in; a :class:`TrackOutput` comes out. Coordinates are pixels of the frames the
+tracker is given, x before y, (0, 0) = centre of the top-left pixel; ``t`` indexes the frames
+of the source (0 .. T-1). Frames first: tracks are ``[T, N, 2]``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+
+ProgressFn = Callable[[int], None]
+"""Called with the number of frames just finished (for a progress bar)."""
+
+
+class FrameSource(Protocol):
+    """A video the tracker can iterate once or more (streaming) or read whole."""
+
+    num_frames: int
+    height: int
+    width: int
+    fps: float
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Yield frames ``[H, W, 3]`` uint8 RGB, in order, one at a time."""
+        ...
+
+    def read_all(self) -> np.ndarray:
+        """All frames as one array ``[T, H, W, 3]`` uint8 RGB."""
+        ...
+
+
+@dataclass
+class TrackOutput:
+    """What a tracker returns, in pixels of the frames it was given.
+
+    tracks: ``[T, N, 2]`` float32 (x, y); NaN where the tracker gives no estimate.
+    visibility: ``[T, N]`` bool (thresholded as the model's own predictor does).
+    visibility_prob: ``[T, N]`` float32 in [0, 1], the raw visibility probability.
+    confidence: ``[T, N]`` float32 in [0, 1].
+    """
+
+    tracks: np.ndarray
+    visibility: np.ndarray
+    visibility_prob: np.ndarray
+    confidence: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.tracks = np.asarray(self.tracks, dtype=np.float32)
+        self.visibility = np.asarray(self.visibility, dtype=bool)
+        self.visibility_prob = np.asarray(self.visibility_prob, dtype=np.float32)
+        self.confidence = np.asarray(self.confidence, dtype=np.float32)
+        t, n = self.tracks.shape[:2]
+        for name in ("visibility", "visibility_prob", "confidence"):
+            if getattr(self, name).shape != (t, n):
+                raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {(t, n)}")
+
+
+class Tracker(ABC):
+    """Frames + queries in, tracks out.
+
+    Attributes:
+        name: model id as the user types it (``lk``, ``realtracker-offline``, ...).
+        streaming: True when :meth:`track` only iterates the source once, frame by frame, so memory
+            does not grow with video length; False when it needs the whole clip (``read_all``).
+        backward: True when points are also tracked before their query frame; otherwise those
+            frames hold NaN and not-visible.
+        weights_info: where the weights came from (path or Hub repo/file/revision), for metadata.
+    """
+
+    name: str = "tracker"
+    streaming: bool = False
+    backward: bool = False
+    weights_info: dict | None = None
+
+    @abstractmethod
+    def track(self, video: FrameSource, queries: np.ndarray, progress: ProgressFn | None = None) -> TrackOutput:
+        """Track ``queries`` ``[N, 3]`` (t, x, y) through ``video``; returns ``[T, N, ...]`` arrays."""
+
+    def settings(self) -> dict:
+        """Settings that shaped the result (thresholds, resolution, ...), stored in the NPZ metadata."""
+        return {}
+
+
+class ArrayVideo:
+    """A :class:`FrameSource` over frames already in memory ``[T, H, W, 3]`` uint8 (e.g. for ensembles)."""
+
+    def __init__(self, frames: np.ndarray, fps: float = 30.0) -> None:
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be [T, H, W, 3], got {frames.shape}")
+        self.frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        self.num_frames, self.height, self.width = frames.shape[:3]
+        self.fps = float(fps)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.frames)
+
+    def read_all(self) -> np.ndarray:
+        return self.frames

@@ -1,0 +1,121 @@
+"""Pyramidal Lucas-Kanade tracker (OpenCV), forward-backward checked. Needs no weights.
+
+Each point is tracked frame to frame from its query frame forward to the end and backward to
+frame 0. A step is trusted when LK converges, the point stays inside the frame and tracking the
+result back lands within ``fb_threshold`` pixels of where it started.
+
+Frames are streamed once; grey copies are spilled to a temporary memory-mapped file only when a
+backward pass is needed, so memory does not grow with video length.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .base import FrameSource, ProgressFn, Tracker, TrackOutput
+
+
+class LKTracker(Tracker):
+    """Pyramidal LK with forward-backward consistency.
+
+    visibility_prob = 2^-(fb/fb_threshold)^2 (0.5 exactly at the threshold), zero when LK fails or the
+    point is outside the frame; visible = visibility_prob > 0.5. confidence = exp(-err/err_scale) with
+    err OpenCV's mean absolute patch difference (grey levels), a measure of appearance agreement.
+    """
+
+    name = "lk"
+    streaming = True
+
+    def __init__(
+        self,
+        backward: bool = True,
+        win_size: int = 21,
+        max_level: int = 3,
+        fb_threshold: float = 1.0,
+        err_scale: float = 20.0,
+    ) -> None:
+        self.backward = backward
+        self.win_size = win_size
+        self.max_level = max_level
+        self.fb_threshold = fb_threshold
+        self.err_scale = err_scale
+        self._criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01)
+
+    def settings(self) -> dict:
+        return {
+            "win_size": self.win_size,
+            "max_level": self.max_level,
+            "fb_threshold_px": self.fb_threshold,
+            "vis_threshold": 0.5,
+            "backward": self.backward,
+        }
+
+    def _step(self, grey_a: np.ndarray, grey_b: np.ndarray, pts: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, ...]:
+        """Track ``pts`` [K, 2] from grey image a to b; returns new points, vis prob, confidence."""
+        if len(pts) == 0:
+            return pts, np.zeros(0, np.float32), np.zeros(0, np.float32)
+        p0 = pts.astype(np.float32).reshape(-1, 1, 2)
+        lk = dict(winSize=(self.win_size, self.win_size), maxLevel=self.max_level, criteria=self._criteria)
+        p1, st1, err = cv2.calcOpticalFlowPyrLK(grey_a, grey_b, p0, None, **lk)
+        p0b, st2, _ = cv2.calcOpticalFlowPyrLK(grey_b, grey_a, p1, None, **lk)
+        p1 = p1.reshape(-1, 2).astype(np.float64)
+        fb = np.linalg.norm(p0b.reshape(-1, 2) - p0.reshape(-1, 2), axis=1)
+        ok = (st1.ravel() == 1) & (st2.ravel() == 1) & np.isfinite(p1).all(axis=1)
+        h, w = hw
+        inside = (p1[:, 0] >= -0.5) & (p1[:, 0] <= w - 0.5) & (p1[:, 1] >= -0.5) & (p1[:, 1] <= h - 0.5)
+        prob = np.where(ok & inside, np.exp2(-np.square(fb / self.fb_threshold)), 0.0)
+        conf = np.where(ok, np.exp(-err.ravel() / self.err_scale), 0.0)
+        # A failed step keeps the last estimate, so the point can be re-acquired when it reappears.
+        new = np.where(ok[:, None], p1, pts)
+        return new, prob.astype(np.float32), conf.astype(np.float32)
+
+    def track(self, video: FrameSource, queries: np.ndarray, progress: ProgressFn | None = None) -> TrackOutput:
+        q = np.asarray(queries, dtype=np.float64)
+        T, N = video.num_frames, len(q)
+        qt = q[:, 0].astype(np.int64)
+        tracks = np.full((T, N, 2), np.nan, np.float64)
+        prob = np.zeros((T, N), np.float32)
+        conf = np.zeros((T, N), np.float32)
+        need_bw = self.backward and bool((qt > 0).any())
+        hw = (video.height, video.width)
+        with tempfile.TemporaryDirectory(prefix="ptrack_lk_") as tmp:
+            greys = None
+            if need_bw:
+                greys = np.lib.format.open_memmap(Path(tmp) / "grey.npy", mode="w+", dtype=np.uint8, shape=(T, *hw))
+            prev_grey = None
+            cur = q[:, 1:3].copy()
+            seen = 0
+            for t, frame in enumerate(video):
+                grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+                if greys is not None:
+                    greys[t] = grey
+                grey_t = grey
+                active = np.nonzero(qt < t)[0]
+                if prev_grey is not None and len(active):
+                    cur[active], prob[t, active], conf[t, active] = self._step(prev_grey, grey_t, cur[active], hw)
+                    tracks[t, active] = cur[active]
+                start = np.nonzero(qt == t)[0]
+                tracks[t, start] = q[start, 1:3]
+                prob[t, start], conf[t, start] = 1.0, 1.0
+                prev_grey = grey_t
+                seen = t + 1
+                if progress:
+                    progress(1)
+            if seen < T:  # the container announced more frames than it decoded
+                tracks, prob, conf, T = tracks[:seen], prob[:seen], conf[:seen], seen
+            if need_bw and greys is not None:
+                cur = q[:, 1:3].copy()
+                next_grey = np.asarray(greys[T - 1])
+                for t in range(T - 2, -1, -1):
+                    active = np.nonzero(qt > t)[0]
+                    if len(active) == 0:
+                        continue
+                    grey_t = np.asarray(greys[t])
+                    cur[active], prob[t, active], conf[t, active] = self._step(next_grey, grey_t, cur[active], hw)
+                    tracks[t, active] = cur[active]
+                    next_grey = grey_t
+                del greys
+        return TrackOutput(tracks=tracks, visibility=prob > 0.5, visibility_prob=prob, confidence=conf)

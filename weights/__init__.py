@@ -1,0 +1,1 @@
+"""The model registry (registry.json), installed as the package data ``pointtrack_cli.registry``."""

@@ -35,6 +35,8 @@ def ensure_out_dir(out_dir: str | Path) -> Path:
     from ..errors import PtrackError
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise PtrackError(f"output path {out} exists and is not a folder (choose another --out)")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -2,7 +2,9 @@
 
 Each point is tracked frame to frame from its query frame forward to the end and backward to
 frame 0. A step is trusted when LK converges, the point stays inside the frame and tracking the
-result back lands within ``fb_threshold`` pixels of where it started.
+result back lands within ``fb_threshold`` pixels of where it started. A point whose step fails,
+leaves the frame or is off by more than ``lost_factor * fb_threshold`` is lost for the rest of
+that sweep (plain LK cannot re-identify it) and keeps its last estimate, marked not visible.
 
 Frames are streamed once; grey copies are spilled to a temporary memory-mapped file only when a
 backward pass is needed, so memory does not grow with video length.
@@ -36,12 +38,14 @@ class LKTracker(Tracker):
         max_level: int = 3,
         fb_threshold: float = 1.0,
         err_scale: float = 20.0,
+        lost_factor: float = 3.0,
     ) -> None:
         self.backward = backward
         self.win_size = win_size
         self.max_level = max_level
         self.fb_threshold = fb_threshold
         self.err_scale = err_scale
+        self.lost_factor = lost_factor
         self._criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01)
 
     def settings(self) -> dict:
@@ -54,9 +58,7 @@ class LKTracker(Tracker):
         }
 
     def _step(self, grey_a: np.ndarray, grey_b: np.ndarray, pts: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, ...]:
-        """Track ``pts`` [K, 2] from grey image a to b; returns new points, vis prob, confidence."""
-        if len(pts) == 0:
-            return pts, np.zeros(0, np.float32), np.zeros(0, np.float32)
+        """Track ``pts`` [K, 2] from grey image a to b; returns new points, vis prob, confidence, lost flags."""
         p0 = pts.astype(np.float32).reshape(-1, 1, 2)
         lk = dict(winSize=(self.win_size, self.win_size), maxLevel=self.max_level, criteria=self._criteria)
         p1, st1, err = cv2.calcOpticalFlowPyrLK(grey_a, grey_b, p0, None, **lk)
@@ -68,54 +70,62 @@ class LKTracker(Tracker):
         inside = (p1[:, 0] >= -0.5) & (p1[:, 0] <= w - 0.5) & (p1[:, 1] >= -0.5) & (p1[:, 1] <= h - 0.5)
         prob = np.where(ok & inside, np.exp2(-np.square(fb / self.fb_threshold)), 0.0)
         conf = np.where(ok, np.exp(-err.ravel() / self.err_scale), 0.0)
-        # A failed step keeps the last estimate, so the point can be re-acquired when it reappears.
-        new = np.where(ok[:, None], p1, pts)
-        return new, prob.astype(np.float32), conf.astype(np.float32)
+        # Plain LK cannot re-identify a point: once it fails, leaves the frame or jumps (large forward-backward
+        # error), any later "track" would follow some other texture. Such points are lost for the sweep.
+        lost = ~ok | ~inside | (fb > self.lost_factor * self.fb_threshold)
+        new = np.where(lost[:, None], pts, p1)
+        return new, prob.astype(np.float32), conf.astype(np.float32), lost
+
+    def _sweep(self, frames, q: np.ndarray, forward: bool, out: tuple[np.ndarray, ...], hw: tuple[int, int]) -> int:
+        """Track through ``frames`` ((t, grey) pairs in sweep order), filling ``out`` = (tracks, prob, conf).
+
+        Forward: points start at their query frame and move to later frames; backward: to earlier ones.
+        Returns the number of frames seen.
+        """
+        tracks, prob, conf = out
+        qt = q[:, 0].astype(np.int64)
+        cur = q[:, 1:3].copy()
+        lost = np.zeros(len(q), bool)
+        prev, seen = None, 0
+        for t, grey in frames:
+            started = qt < t if forward else qt > t
+            active = np.nonzero(started & ~lost)[0]
+            if prev is not None and len(active):
+                cur[active], prob[t, active], conf[t, active], dead = self._step(prev, grey, cur[active], hw)
+                lost[active] |= dead
+            tracks[t, started] = cur[started]  # lost points keep their last estimate, visibility 0
+            if forward:
+                here = qt == t
+                tracks[t, here] = q[here, 1:3]
+                prob[t, here], conf[t, here] = 1.0, 1.0
+            prev, seen = grey, seen + 1
+        return seen
 
     def track(self, video: FrameSource, queries: np.ndarray, progress: ProgressFn | None = None) -> TrackOutput:
         q = np.asarray(queries, dtype=np.float64)
         T, N = video.num_frames, len(q)
-        qt = q[:, 0].astype(np.int64)
-        tracks = np.full((T, N, 2), np.nan, np.float64)
-        prob = np.zeros((T, N), np.float32)
-        conf = np.zeros((T, N), np.float32)
-        need_bw = self.backward and bool((qt > 0).any())
+        out = (np.full((T, N, 2), np.nan, np.float64), np.zeros((T, N), np.float32), np.zeros((T, N), np.float32))
+        need_bw = self.backward and bool((q[:, 0] > 0).any())
         hw = (video.height, video.width)
         with tempfile.TemporaryDirectory(prefix="ptrack_lk_") as tmp:
             greys = None
             if need_bw:
                 greys = np.lib.format.open_memmap(Path(tmp) / "grey.npy", mode="w+", dtype=np.uint8, shape=(T, *hw))
-            prev_grey = None
-            cur = q[:, 1:3].copy()
-            seen = 0
-            for t, frame in enumerate(video):
-                grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-                if greys is not None:
-                    greys[t] = grey
-                grey_t = grey
-                active = np.nonzero(qt < t)[0]
-                if prev_grey is not None and len(active):
-                    cur[active], prob[t, active], conf[t, active] = self._step(prev_grey, grey_t, cur[active], hw)
-                    tracks[t, active] = cur[active]
-                start = np.nonzero(qt == t)[0]
-                tracks[t, start] = q[start, 1:3]
-                prob[t, start], conf[t, start] = 1.0, 1.0
-                prev_grey = grey_t
-                seen = t + 1
-                if progress:
-                    progress(1)
+
+            def forward_frames():
+                for t, frame in enumerate(video):
+                    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+                    if greys is not None:
+                        greys[t] = grey
+                    yield t, grey
+                    if progress:
+                        progress(1)
+
+            seen = self._sweep(forward_frames(), q, True, out, hw)
             if seen < T:  # the container announced more frames than it decoded
-                tracks, prob, conf, T = tracks[:seen], prob[:seen], conf[:seen], seen
-            if need_bw and greys is not None:
-                cur = q[:, 1:3].copy()
-                next_grey = np.asarray(greys[T - 1])
-                for t in range(T - 2, -1, -1):
-                    active = np.nonzero(qt > t)[0]
-                    if len(active) == 0:
-                        continue
-                    grey_t = np.asarray(greys[t])
-                    cur[active], prob[t, active], conf[t, active] = self._step(next_grey, grey_t, cur[active], hw)
-                    tracks[t, active] = cur[active]
-                    next_grey = grey_t
+                out, T = tuple(a[:seen] for a in out), seen
+            if greys is not None:
+                self._sweep(((t, np.asarray(greys[t])) for t in range(T - 1, -1, -1)), q, False, out, hw)
                 del greys
+        tracks, prob, conf = out
         return TrackOutput(tracks=tracks, visibility=prob > 0.5, visibility_prob=prob, confidence=conf)

@@ -1,0 +1,55 @@
+"""Shared test fixtures: small generated videos with known motion (no external data)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # helper modules (fill rules) next to the tests
+
+from pointtrack_cli.synthetic import translating_frames, write_mp4, write_png_folder  # noqa: E402
+
+VELOCITY = (0.7, 0.3)  # pixels per frame: sub-pixel motion
+T, H, W = 24, 96, 128
+
+
+@pytest.fixture(autouse=True)
+def _offline_hub(monkeypatch, tmp_path_factory):
+    """Tests never touch the network or the user's HF cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
+
+
+@pytest.fixture(scope="session")
+def frames() -> np.ndarray:
+    return np.stack(list(translating_frames(T, H, W, VELOCITY, seed=3)))
+
+
+@pytest.fixture(scope="session")
+def mp4_video(tmp_path_factory, frames) -> Path:
+    return write_mp4(frames, tmp_path_factory.mktemp("video") / "clip.mp4", fps=12)
+
+
+@pytest.fixture(scope="session")
+def png_video(tmp_path_factory, frames) -> Path:
+    return write_png_folder(frames, tmp_path_factory.mktemp("pngs") / "clip")
+
+
+def run_cli(args: list[str]):
+    """Run ``ptrack ARGS`` in-process; returns the click Result (exit_code, output)."""
+    from typer.testing import CliRunner
+
+    from pointtrack_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+os.environ.setdefault("PTRACK_TESTING", "1")

@@ -68,6 +68,7 @@ def track(
     """Track points through VIDEO and write tracks.npz, tracks.csv and overlay.mp4."""
     from .api import track as run_track, write_outputs
     from .io.video import open_video
+    from .trackers import build_tracker
 
     fmt = tuple(f.strip() for f in formats.split(",") if f.strip())
     bad = [f for f in fmt if f not in FORMATS]
@@ -85,13 +86,17 @@ def track(
 
     ensure_out_dir(out_dir)  # fail before the long work, not after
     reader = open_video(video, start=start, end=end, stride=stride, max_size=max_size)
+    # Build the model (and fetch its weights) before any progress bar, so errors come first and alone.
+    tracker = build_tracker(
+        model, weights=str(weights) if weights else None, device=device, resolution=hw, backward=backward,
+        precision=precision, quiet=quiet, vis_threshold=vis_threshold,
+        support_grid=not no_support_grid and (queries is not None or bool(point) or mask is not None),
+    )
     t0 = time.perf_counter()
     with progress_bar(f"tracking ({model})", reader.num_frames, quiet) as advance:
         result = run_track(
-            reader, model=model, grid=grid, grid_frame=grid_frame, mask=mask, queries=queries, points=point,
-            start=start, end=end, stride=stride, max_size=max_size, weights=weights, device=device,
-            resolution=hw, backward=backward, precision=precision, vis_threshold=vis_threshold,
-            support_grid=not no_support_grid, progress=advance, quiet=quiet,
+            reader, tracker=tracker, grid=grid, grid_frame=grid_frame, mask=mask, queries=queries, points=point,
+            resolution=hw, progress=advance,
         )
     result.meta["command"] = command_line()
     track_seconds = time.perf_counter() - t0
@@ -107,7 +112,7 @@ def track(
         ("frames", f"{result.num_frames} (source {int(result.frame_indices[0])}..{int(result.frame_indices[-1])})"),
         ("points", str(result.num_points)),
         ("model", result.model),
-        ("device", str(result.meta.get("tracker_settings", {}).get("device", "cpu"))),
+        ("device", str(result.meta["tracker_settings"].get("device", "cpu"))),
         ("time", f"{track_seconds:.1f} s tracking"),
         ("frames/s", f"{result.num_frames / max(track_seconds, 1e-9):.1f}"),
         ("visible", f"{100 * vis_frac:.1f}% of point-frames"),

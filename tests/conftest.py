@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
+# Tests never touch the network or the user's HF cache. Set before huggingface_hub is imported:
+# it reads these variables once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="ptrack_test_hf_")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))  # helper modules (fill rules) next to the tests
 
@@ -14,13 +20,6 @@ from pointtrack_cli.synthetic import translating_frames, write_mp4, write_png_fo
 
 VELOCITY = (0.7, 0.3)  # pixels per frame: sub-pixel motion
 T, H, W = 24, 96, 128
-
-
-@pytest.fixture(autouse=True)
-def _offline_hub(monkeypatch, tmp_path_factory):
-    """Tests never touch the network or the user's HF cache."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
 
 
 @pytest.fixture(scope="session")
@@ -51,5 +50,3 @@ def run_cli(args: list[str]):
 def cli():
     return run_cli
 
-
-os.environ.setdefault("PTRACK_TESTING", "1")

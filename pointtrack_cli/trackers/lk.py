@@ -69,7 +69,8 @@ class LKTracker(Tracker):
         h, w = hw
         inside = (p1[:, 0] >= -0.5) & (p1[:, 0] <= w - 0.5) & (p1[:, 1] >= -0.5) & (p1[:, 1] <= h - 0.5)
         prob = np.where(ok & inside, np.exp2(-np.square(fb / self.fb_threshold)), 0.0)
-        conf = np.where(ok, np.exp(-err.ravel() / self.err_scale), 0.0)
+        # err is undefined where LK failed (may be garbage or negative): only read it where ok.
+        conf = np.where(ok, np.exp(-np.clip(np.nan_to_num(err.ravel(), nan=np.inf), 0, None) / self.err_scale), 0.0)
         # Plain LK cannot re-identify a point: once it fails, leaves the frame or jumps (large forward-backward
         # error), any later "track" would follow some other texture. Such points are lost for the sweep.
         lost = ~ok | ~inside | (fb > self.lost_factor * self.fb_threshold)

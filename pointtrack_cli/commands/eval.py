@@ -1,0 +1,279 @@
+"""``ptrack eval``: the official TAP-Vid protocol and metrics (``tapvid``), and scoring saved predictions (``score``)."""
+from __future__ import annotations
+
+import inspect
+import time
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..errors import PtrackError
+
+app = typer.Typer(
+    help="Evaluate trackers on the TAP-Vid benchmarks with the official protocol and metrics.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+_PICKLE_NOTE = (
+    "The TAP-Vid .pkl files are Python pickles: they are read only from the path you give, with a loader "
+    "that accepts nothing but dicts, lists and NumPy arrays."
+)
+
+
+class Dataset(str, Enum):
+    davis = "davis"
+    rgb_stacking = "rgb_stacking"
+    kinetics = "kinetics"
+    robotap = "robotap"
+
+
+class Mode(str, Enum):
+    first = "first"
+    strided = "strided"
+
+
+class Protocol(str, Enum):
+    joint = "joint"
+    single = "single"
+
+
+class OcclusionRule(str, Enum):
+    auto = "auto"
+    tracker = "tracker"
+    cotracker3 = "cotracker3"
+
+
+def _resolve_rule(rule: OcclusionRule, tracker) -> str:
+    """'auto': CoTracker3's evaluation rule for the RealTracker (CoTracker3) models, else the tracker's own."""
+    if rule is OcclusionRule.auto:
+        return "cotracker3" if str(tracker.name).startswith("realtracker") else "tracker"
+    return rule.value
+
+
+_DATA_HELP = (
+    "tapvid_davis.pkl, tapvid_rgb_stacking.pkl, the folder of Kinetics shards (*_of_0010.pkl) or the folder of "
+    "RoboTAP splits (robotap_split*.pkl). Pickles are loaded only from this path (NumPy arrays only)."
+)
+_GT_SCALE_HELP = "Scale of the normalised ground truth: 256 (official, tapnet) or 255 (CoTracker3's reader)."
+
+_out = Console()  # tables go to stdout; progress and notes to stderr
+_err = Console(stderr=True)
+
+
+@contextmanager
+def _video_progress(description: str, total: int | None, quiet: bool) -> Iterator[Callable[[int | None], None]]:
+    """A rich progress bar over videos; yields ``advance(new_total)`` (a no-op when quiet)."""
+    if quiet:
+        yield lambda total=None: None
+        return
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*columns, console=_err, transient=False) as progress:
+        task = progress.add_task(description, total=total)
+
+        def advance(new_total: int | None = None) -> None:
+            if new_total is not None:
+                progress.update(task, total=new_total)
+            progress.advance(task, 1)
+
+        yield advance
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise PtrackError(f"--limit {limit} must be at least 1")
+
+
+def _check_out_file(path: Path | None, option: str, suffix: str | None = None) -> None:
+    """Fail before the long work when an output file cannot be written."""
+    if path is None:
+        return
+    if suffix and path.suffix.lower() != suffix:
+        raise PtrackError(f"{option} {path}: the file name must end in {suffix}")
+    if path.is_dir():
+        raise PtrackError(f"{option} {path} is a folder (give a file name)")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise PtrackError(f"{option} {path}: folder {parent} does not exist (create it first)")
+
+
+def _run_loop(results_iter, dataset, limit: int | None, description: str, quiet: bool) -> list:
+    """Drain a results generator under a progress bar whose total follows the dataset's (estimated) size."""
+    results = []
+    with _video_progress(description, limit, quiet) as advance:
+        for r in results_iter:
+            results.append(r)
+            est = dataset.estimated_total  # known once a file is read; shards still unread are estimated
+            advance(est if limit is None else (limit if est is None else min(est, limit)))
+    return results
+
+
+def _report(results: list, meta: dict, title: str, json_path: Path | None, plot_path: Path | None, quiet: bool) -> None:
+    from ..eval.metrics import mean_over_videos
+    from ..eval.report import plot_bars, results_payload, summary_table, threshold_table, write_json
+
+    mean = mean_over_videos([r.metrics for r in results])
+    _out.print(summary_table(results, mean, title))
+    _out.print(threshold_table(results, mean, "per-threshold values (x100): <δ = points within, J = Jaccard"))
+    if json_path is not None:
+        write_json(json_path, results_payload(results, meta))
+        if not quiet:
+            _err.print(f"wrote {json_path}")
+    if plot_path is not None:
+        plot_bars(plot_path, results, title)
+        if not quiet:
+            _err.print(f"wrote {plot_path}")
+
+
+def _build(model: str, **kwargs):
+    """``build_tracker`` with the keyword arguments it accepts (optional ones it lacks are dropped)."""
+    from ..trackers import build_tracker
+
+    params = inspect.signature(build_tracker).parameters
+    accepted = {k: v for k, v in kwargs.items() if k in params or any(p.kind == p.VAR_KEYWORD for p in params.values())}
+    return build_tracker(model, **accepted)
+
+
+def _model_hw(tracker, resolution: tuple[int, int] | None) -> tuple[int, int]:
+    """The tracker's input size (for placing support points): --resolution, its settings, else 384x512."""
+    from ..queries import MODEL_RESOLUTION
+
+    if resolution:
+        return tuple(resolution)
+    res = tracker.settings().get("resolution") if hasattr(tracker, "settings") else None
+    if isinstance(res, (list, tuple)) and len(res) == 2 and all(isinstance(v, int) and v > 0 for v in res):
+        return int(res[0]), int(res[1])
+    return MODEL_RESOLUTION
+
+
+@app.command("tapvid", epilog=_PICKLE_NOTE)
+def tapvid(
+    dataset: Dataset = typer.Option(..., "--dataset", "-d", help="Which TAP-Vid benchmark."),
+    data: Path = typer.Option(..., "--data", help=_DATA_HELP),
+    model: str = typer.Option(..., "--model", "-m", help="Tracker id (see `ptrack models`); `lk` needs no weights."),
+    mode: Mode = typer.Option(Mode.first, "--mode", help="Query sampling: first (CoTracker3 tables) or strided (every 5th frame, tracks both ways)."),
+    protocol: Protocol = typer.Option(Protocol.joint, "--protocol", help="joint: all queries of a video at once + 5x5 support grid (fast). single: one query at a time with 8x8 local + 5x5 global support grids (CoTracker3 paper)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Local checkpoint instead of the Hub download."),
+    resolution: Optional[str] = typer.Option(None, "--resolution", help="Model input HxW (multiples of 4), default 384x512; the 256x256 frames are resized to it inside the tracker."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    precision: str = typer.Option("auto", "--precision", help="CUDA only: auto, fp32, bf16 or fp16."),
+    vis_threshold: Optional[float] = typer.Option(None, "--vis-threshold", help="The tracker's visibility threshold (default: the model's official one)."),
+    occlusion_rule: OcclusionRule = typer.Option(OcclusionRule.auto, "--occlusion-rule", help="tracker: the tracker's own visibility. cotracker3: visible = visibility_prob x confidence > 0.6, the rule of CoTracker3's evaluation. auto: cotracker3 for RealTracker models, else tracker."),
+    no_support: bool = typer.Option(False, "--no-support", help="Send the queries without support points (how CoTracker3 evaluates its online model)."),
+    gt_scale: int = typer.Option(256, "--gt-scale", help=_GT_SCALE_HELP),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first K videos."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every number (per video and mean, fractions) to this JSON file."),
+    save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Folder for one NPZ per video: tracks [T,Q,2] (x,y) and occluded [T,Q] at 256x256, plus the query points."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG bar plot of per-video AJ and <δ_avg."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or notes (the result tables are still printed)."),
+) -> None:
+    """Run a tracker on a TAP-Vid dataset and print AJ, <δ_avg and OA per video and their mean.
+
+    Frames are resized to 256x256 (PIL Lanczos) and ground truth scaled to 256x256 pixels, as the official
+    protocol does; metrics are computed per video and averaged over videos.
+    """
+    from ..commands.common import parse_hw
+    from ..eval.datasets import open_dataset
+    from ..eval.runner import evaluate_tracker
+
+    _check_limit(limit)
+    _check_out_file(json_out, "--json", ".json")
+    _check_out_file(plot, "--plot", ".png")
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise PtrackError(f"--precision {precision!r} is not one of auto, fp32, bf16, fp16")
+    if vis_threshold is not None and not (0.0 <= vis_threshold <= 1.0):
+        raise PtrackError(f"--vis-threshold {vis_threshold} must be between 0 and 1")
+    hw = parse_hw(resolution)
+    ds = open_dataset(dataset.value, data, gt_scale)
+    if save_predictions is not None:
+        from ..io.atomic import ensure_out_dir
+
+        ensure_out_dir(save_predictions)
+    # 'first' never scores frames before the query, so backward tracking is only needed for 'strided'.
+    backward = mode is Mode.strided
+    tracker = _build(
+        model, weights=str(weights) if weights else None, device=device, resolution=hw, backward=backward,
+        precision=precision, quiet=quiet, vis_threshold=vis_threshold, support_grid=False,
+    )
+    if backward and not getattr(tracker, "backward", False) and not quiet:
+        _err.print(f"[yellow]note:[/] {tracker.name} does not track backwards: in strided mode the frames before "
+                   "each query count as misses")
+    model_hw = _model_hw(tracker, hw)
+    rule = _resolve_rule(occlusion_rule, tracker)
+    meta = {
+        "command": "ptrack eval tapvid",
+        "dataset": dataset.value,
+        "data": str(data),
+        "query_mode": mode.value,
+        "protocol": protocol.value,
+        "model": tracker.name,
+        "gt_scale": gt_scale,
+        "occlusion_rule": rule,
+        "support_points": not no_support,
+        "model_resolution": list(model_hw),
+    }
+    npz_meta = {k: v for k, v in meta.items() if k in ("dataset", "protocol", "model", "gt_scale")}
+    t0 = time.perf_counter()
+    results = _run_loop(
+        evaluate_tracker(
+            tracker, ds, mode.value, protocol.value, limit=limit, save_dir=save_predictions, model_hw=model_hw,
+            occlusion_rule=rule, support=not no_support, meta=npz_meta,
+        ),
+        ds, limit, f"{dataset.value} ({tracker.name}, {mode.value}, {protocol.value})", quiet,
+    )
+    meta.update(
+        tracker_settings=tracker.settings(),
+        weights=getattr(tracker, "weights_info", None) or "none",
+        total_seconds=round(time.perf_counter() - t0, 3),
+    )
+    if save_predictions is not None:
+        meta["predictions"] = str(save_predictions)
+    title = f"TAP-Vid-{dataset.value} {mode.value} · {tracker.name} · {protocol.value}"
+    _report(results, meta, title, json_out, plot, quiet)
+
+
+@app.command("score", epilog=_PICKLE_NOTE)
+def score(
+    predictions: Path = typer.Option(..., "--predictions", "-p", help="Folder with one <video>.npz per video (as --save-predictions writes): tracks and occluded at 256x256."),
+    dataset: Dataset = typer.Option(..., "--dataset", "-d", help="Which TAP-Vid benchmark."),
+    data: Path = typer.Option(..., "--data", help=_DATA_HELP),
+    mode: Mode = typer.Option(Mode.first, "--mode", help="Query sampling the predictions were made for."),
+    gt_scale: int = typer.Option(256, "--gt-scale", help=_GT_SCALE_HELP),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first K videos."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every number (per video and mean, fractions) to this JSON file."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG bar plot of per-video AJ and <δ_avg."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or notes."),
+) -> None:
+    """Score saved predictions (from ptrack or any other tracker) with the official TAP-Vid metrics.
+
+    Each <video>.npz holds `tracks` [T,Q,2] (x, y; or [Q,T,2] with layout='QT') and `occluded` [T,Q] in
+    256x256 pixels, in the official query order of --mode. Video names are the dataset's keys (or 0, 1, ...
+    for list datasets), with characters outside [A-Za-z0-9._-] replaced by '_'.
+    """
+    from ..eval.datasets import open_dataset
+    from ..eval.runner import score_directory
+
+    _check_limit(limit)
+    _check_out_file(json_out, "--json", ".json")
+    _check_out_file(plot, "--plot", ".png")
+    if not predictions.is_dir():
+        raise PtrackError(f"--predictions {predictions} is not a folder (give the folder of per-video .npz files)")
+    ds = open_dataset(dataset.value, data, gt_scale)
+    results = _run_loop(
+        score_directory(predictions, ds, mode.value, limit=limit), ds, limit, f"scoring {dataset.value}", quiet
+    )
+    meta = {
+        "command": "ptrack eval score",
+        "dataset": dataset.value,
+        "data": str(data),
+        "query_mode": mode.value,
+        "gt_scale": gt_scale,
+        "predictions": str(predictions),
+    }
+    _report(results, meta, f"TAP-Vid-{dataset.value} {mode.value} · {predictions.name}", json_out, plot, quiet)

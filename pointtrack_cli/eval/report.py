@@ -1,0 +1,190 @@
+"""Reporting TAP-Vid results: rich tables, a JSON file with every number, and a PNG bar plot (OpenCV).
+
+Tables print the numbers x100 (as papers do); the JSON keeps the official fractions at full precision.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+from rich import box
+from rich.table import Table
+
+from .metrics import METRIC_NAMES, THRESHOLDS, mean_over_videos
+from .runner import VideoResult
+
+
+def _pct(v: float) -> str:
+    return "nan" if v is None or not math.isfinite(v) else f"{100.0 * v:.1f}"
+
+
+def summary_table(results: Sequence[VideoResult], mean: dict[str, float], title: str) -> Table:
+    """Per-video AJ, delta_avg and OA (x100) with the mean over videos as the last row."""
+    timed = any(r.seconds is not None for r in results)
+    table = Table(title=title, show_footer=False)
+    table.add_column("video", overflow="fold")
+    table.add_column("frames", justify="right")
+    table.add_column("queries", justify="right")
+    for head in ("AJ", "<δ_avg", "OA"):
+        table.add_column(head, justify="right")
+    if timed:
+        table.add_column("s/video", justify="right")
+    keys = ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")
+    for r in results:
+        row = [r.name, str(r.num_frames), str(r.num_queries), *(_pct(r.metrics[k]) for k in keys)]
+        if timed:
+            row.append(f"{r.seconds:.2f}" if r.seconds is not None else "")
+        table.add_row(*row)
+    times = [r.seconds for r in results if r.seconds is not None]
+    mean_row = [
+        f"mean ({len(results)} videos)",
+        "",
+        str(sum(r.num_queries for r in results)),
+        *(_pct(mean[k]) for k in keys),
+    ]
+    if timed:
+        mean_row.append(f"{np.mean(times):.2f}" if times else "")
+    table.add_row(*mean_row, style="bold", end_section=True)
+    return table
+
+
+def threshold_table(results: Sequence[VideoResult], mean: dict[str, float], title: str) -> Table:
+    """Per-threshold values (x100): pts_within and jaccard at 1, 2, 4, 8, 16 px, per video and mean."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
+    # Numbers never wrap; a long video name is cut first so the table fits 80 columns.
+    table.add_column("video", overflow="ellipsis", no_wrap=True, min_width=6)
+    for head in [f"<δ{d}" for d in THRESHOLDS] + [f"J{d}" for d in THRESHOLDS]:
+        table.add_column(head, justify="right", no_wrap=True, min_width=5)
+    cols = [f"pts_within_{d}" for d in THRESHOLDS] + [f"jaccard_{d}" for d in THRESHOLDS]
+    for r in results:
+        table.add_row(r.name, *(_pct(r.metrics[k]) for k in cols))
+    table.add_row("mean", *(_pct(mean[k]) for k in cols), style="bold")
+    return table
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe values: NaN/inf -> null, NumPy scalars -> Python numbers."""
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+def results_payload(results: Sequence[VideoResult], meta: dict[str, Any]) -> dict[str, Any]:
+    """Everything as one JSON-able dict: metadata, the mean over videos and every per-video number (fractions)."""
+    mean = mean_over_videos([r.metrics for r in results])
+    times = [r.seconds for r in results if r.seconds is not None]
+    payload = {
+        **meta,
+        "units": "fractions in [0, 1] (papers print x100); coordinates are pixels at 256x256",
+        "aggregation": "unweighted mean over videos of the per-video metrics",
+        "num_videos": len(results),
+        "num_queries": int(sum(r.num_queries for r in results)),
+        "mean": {k: mean[k] for k in METRIC_NAMES},
+        "seconds_per_video": float(np.mean(times)) if times else None,
+        "videos": [
+            {
+                "name": r.name,
+                "num_frames": r.num_frames,
+                "num_queries": r.num_queries,
+                **({"seconds": r.seconds} if r.seconds is not None else {}),
+                "metrics": {k: r.metrics[k] for k in METRIC_NAMES},
+                **r.extra,
+            }
+            for r in results
+        ],
+    }
+    return _clean(payload)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON (atomically; NaN already mapped to null)."""
+    from ..io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# PNG bar plot
+
+_AJ_BGR = (180, 119, 31)  # blue
+_DELTA_BGR = (14, 127, 255)  # orange
+_GRID_BGR = (225, 225, 225)
+_TEXT_BGR = (40, 40, 40)
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def _text(img: np.ndarray, s: str, org: tuple[int, int], scale: float = 0.45, color=_TEXT_BGR, thick: int = 1) -> None:
+    cv2.putText(img, s, org, _FONT, scale, color, thick, cv2.LINE_AA)
+
+
+def _text_width(s: str, scale: float = 0.45, thick: int = 1) -> int:
+    return cv2.getTextSize(s, _FONT, scale, thick)[0][0]
+
+
+def _ascii(s: str) -> str:
+    """Hershey fonts only draw ASCII: replace anything else (e.g. δ)."""
+    s = s.replace("δ", "delta").replace("·", "|")
+    return s.encode("ascii", "replace").decode("ascii")
+
+
+def plot_bars(path: Path, results: Sequence[VideoResult], title: str) -> None:
+    """Horizontal bars per video: AJ and <delta_avg (x100), the mean on top; written as PNG with OpenCV."""
+    from ..io.atomic import atomic_path
+
+    mean = mean_over_videos([r.metrics for r in results])
+    rows = [("mean", mean)] + [(r.name, r.metrics) for r in results]
+    names = [_ascii(n if len(n) <= 40 else n[:37] + "...") for n, _ in rows]
+    row_h, bar_h, top, bottom = 26, 10, 64, 44
+    label_w = max(_text_width(n) for n in names) + 16
+    plot_w = 600
+    width = label_w + plot_w + 70
+    height = top + row_h * len(rows) + bottom
+    img = np.full((height, width, 3), 255, np.uint8)
+    x0 = label_w
+    _text(img, _ascii(title)[:120], (10, 22), 0.55, thick=1)
+    # legend
+    for i, (label, color) in enumerate((("AJ", _AJ_BGR), ("<delta_avg", _DELTA_BGR))):
+        lx = x0 + i * 140
+        cv2.rectangle(img, (lx, 34), (lx + 14, 46), color, -1)
+        _text(img, label, (lx + 20, 45))
+    y_end = top + row_h * len(rows)
+    for v in range(0, 101, 10):  # gridlines and axis labels
+        gx = x0 + int(round(v / 100 * plot_w))
+        cv2.line(img, (gx, top - 4), (gx, y_end), _GRID_BGR, 1)
+        _text(img, str(v), (gx - _text_width(str(v)) // 2, y_end + 18), 0.4)
+    _text(img, "score x100", (x0 + plot_w // 2 - 40, y_end + 36), 0.4)
+    for i, (name, metrics) in enumerate(rows):
+        y = top + i * row_h
+        bold = 2 if i == 0 else 1
+        _text(img, names[i], (x0 - 8 - _text_width(names[i], thick=bold), y + 16), thick=bold)
+        for j, (key, color) in enumerate((("average_jaccard", _AJ_BGR), ("average_pts_within_thresh", _DELTA_BGR))):
+            v = metrics.get(key, float("nan"))
+            by = y + 3 + j * (bar_h + 1)
+            if v is None or not math.isfinite(v):
+                _text(img, "nan", (x0 + 4, by + bar_h), 0.35)
+                continue
+            bx = x0 + int(round(max(0.0, min(1.0, v)) * plot_w))
+            cv2.rectangle(img, (x0, by), (max(bx, x0 + 1), by + bar_h - 1), color, -1)
+            _text(img, f"{100 * v:.1f}", (bx + 4, by + bar_h - 1), 0.35)
+        if i == 0:
+            cv2.line(img, (10, y + row_h - 1), (width - 10, y + row_h - 1), (160, 160, 160), 1)
+    cv2.line(img, (x0, top - 4), (x0, y_end), (120, 120, 120), 1)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        ok, buf = cv2.imencode(".png", img)
+        if not ok:
+            raise OSError("PNG encoding failed")
+        tmp.write_bytes(buf.tobytes())

@@ -1,0 +1,304 @@
+"""Run any :class:`~pointtrack_cli.trackers.base.Tracker` on TAP-Vid videos, and score predictions.
+
+Data path per video: 256x256 frames + TAP-Vid queries ``(t, y, x)`` -> tracker queries ``(t, x, y)``
+-> ``tracker.track(ArrayVideo(frames), queries)`` -> ``TrackOutput`` ``[T, N, ...]`` -> predictions
+``[Q, T, 2]`` (x, y) and ``occluded [Q, T]`` at 256x256 -> :func:`~.metrics.video_metrics`.
+
+Coordinates are passed to the tracker unchanged, as both official evaluators (tapnet, CoTracker) do:
+the tracker sees the 256x256 frames and the query pixels of the protocol, and its predictions are
+scored in the same space. NaN predictions are kept: the metric counts them as "not within".
+
+Protocols:
+* ``joint``: all queries of a video in one call, plus the official 5x5 global support grid (fast;
+  CoTracker3's ``single_point=False``).
+* ``single``: one call per query with the support points of the CoTracker3 paper: an 8x8 local
+  grid (50 model pixels wide) around the query and the 5x5 global grid, all queried at frame 0,
+  placed in the model's input space (default 384x512) and mapped back to the 256x256 frames.
+Support points are added here, so trackers are built without their own support grid.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .. import queries as Q
+from ..errors import PtrackError
+from ..trackers.base import ArrayVideo, Tracker
+from .datasets import EVAL_SIZE, Queries, TapVidDataset, TapVidVideo, sample_queries
+from .metrics import video_metrics
+
+PROTOCOLS = ("joint", "single")
+LOCAL_GRID = 8
+LOCAL_EXTENT = 50.0  # model pixels
+GLOBAL_GRID = 5
+PREDICTION_FORMAT = "ptrack-tapvid-predictions-v1"
+
+
+@dataclass
+class Prediction:
+    """A tracker's answer for one video's queries: tracks ``[Q, T, 2]`` float32 (x, y) at 256x256, occluded ``[Q, T]``."""
+
+    tracks: np.ndarray
+    occluded: np.ndarray
+    seconds: float = 0.0
+
+
+@dataclass
+class VideoResult:
+    """Per-video outcome: metrics (fractions), sizes and the tracker's wall time (None when scoring files)."""
+
+    name: str
+    num_frames: int
+    num_queries: int
+    metrics: dict[str, float]
+    seconds: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def global_grid(model_hw: tuple[int, int], input_hw: tuple[int, int]) -> np.ndarray:
+    """The official 5x5 global support grid, ``[25, 3]`` rows (t=0, x, y) in input pixels.
+
+    Placed on the model's input frame (margin w/64) and mapped back with the align-corners scale.
+    """
+    glob = Q.official_grid(GLOBAL_GRID, float(model_hw[0]), float(model_hw[1]))
+    xy = Q.model_to_input(glob, model_hw, input_hw)
+    return np.concatenate([np.zeros((len(xy), 1)), xy], axis=1)
+
+
+def local_grid(query_xy: np.ndarray, model_hw: tuple[int, int], input_hw: tuple[int, int]) -> np.ndarray:
+    """The official 8x8 local support grid around one query, ``[64, 3]`` rows (t=0, x, y) in input pixels.
+
+    query_xy: ``(x, y)`` in input pixels. The grid spans ``LOCAL_EXTENT`` model pixels centred on the
+    query in model space (margin extent/64), so the tracker sees it where the official predictor puts it.
+    """
+    qm = Q.input_to_model(np.asarray(query_xy, np.float64).reshape(1, 2), model_hw, input_hw)[0]
+    local = Q.official_grid(LOCAL_GRID, LOCAL_EXTENT, LOCAL_EXTENT) + (qm - LOCAL_EXTENT / 2.0)
+    xy = Q.model_to_input(local, model_hw, input_hw)
+    return np.concatenate([np.zeros((len(xy), 1)), xy], axis=1)
+
+
+def to_tracker_queries(query_points: np.ndarray) -> np.ndarray:
+    """TAP-Vid ``(t, y, x)`` ``[Q, 3]`` -> ptrack ``(t, x, y)`` ``[Q, 3]`` (t rounded to a frame number)."""
+    qp = np.asarray(query_points, dtype=np.float64).reshape(-1, 3)
+    return np.stack([np.round(qp[:, 0]), qp[:, 2], qp[:, 1]], axis=-1)
+
+
+OCCLUSION_RULES = ("tracker", "cotracker3")
+
+
+def _run(
+    tracker: Tracker, video: ArrayVideo, queries: np.ndarray, keep: int, rule: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """One tracker call; returns (tracks ``[T, keep, 2]``, visible ``[T, keep]``) for the first ``keep`` queries.
+
+    rule 'tracker': the tracker's own thresholded visibility; 'cotracker3': visibility_prob x confidence
+    > 0.6 (strict), the rule of CoTracker3's evaluation.
+    """
+    out = tracker.track(video, queries)
+    t = video.num_frames
+    if out.tracks.shape[:2] != (t, len(queries)):
+        raise PtrackError(
+            f"tracker {tracker.name!r} returned tracks of shape {out.tracks.shape} for {t} frames and "
+            f"{len(queries)} queries (a tracker bug; report it)"
+        )
+    if rule == "cotracker3":
+        visible = (out.visibility_prob.astype(np.float64) * out.confidence) > 0.6
+    else:
+        visible = out.visibility
+    return out.tracks[:, :keep], visible[:, :keep]
+
+
+def predict(
+    tracker: Tracker,
+    frames: np.ndarray,
+    query_points: np.ndarray,
+    protocol: str = "joint",
+    model_hw: tuple[int, int] = Q.MODEL_RESOLUTION,
+    occlusion_rule: str = "tracker",
+    support: bool = True,
+) -> Prediction:
+    """Track TAP-Vid queries ``[Q, 3]`` (t, y, x) through ``frames [T, H, W, 3]``.
+
+    joint: all queries + the 5x5 global grid in one call. single: per query, the query + the 8x8
+    local grid + the 5x5 global grid (support points at frame 0; only the query's track is kept).
+    ``support=False`` sends the queries alone (how CoTracker3 evaluates its online model).
+    ``model_hw`` is the tracker's input size, used only to place the support points. Build the tracker
+    without its own support grid (``support_grid=False``) so the grid is not added twice.
+    Returns predictions ``[Q, T, 2]`` (x, y) / ``occluded [Q, T]`` in the frames' pixels.
+    """
+    if protocol not in PROTOCOLS:
+        raise PtrackError(f"unknown protocol {protocol!r} (use joint or single)")
+    if occlusion_rule not in OCCLUSION_RULES:
+        raise PtrackError(f"unknown occlusion rule {occlusion_rule!r} (use tracker or cotracker3)")
+    t, h, w = frames.shape[:3]
+    queries = to_tracker_queries(query_points)
+    n = len(queries)
+    tracks = np.full((t, n, 2), np.nan, np.float32)
+    visible = np.zeros((t, n), bool)
+    start = time.perf_counter()
+    if n:
+        video = ArrayVideo(frames, fps=25.0)
+        grid = global_grid(model_hw, (h, w)) if support else np.zeros((0, 3))
+        if protocol == "joint":
+            tracks[:], visible[:] = _run(tracker, video, np.concatenate([queries, grid]), n, occlusion_rule)
+        else:
+            for i, q in enumerate(queries):
+                local = local_grid(q[1:], model_hw, (h, w)) if support else np.zeros((0, 3))
+                batch = np.concatenate([q[None], local, grid])
+                tr, vis = _run(tracker, video, batch, 1, occlusion_rule)
+                tracks[:, i], visible[:, i] = tr[:, 0], vis[:, 0]
+    seconds = time.perf_counter() - start
+    return Prediction(np.ascontiguousarray(tracks.transpose(1, 0, 2)), np.ascontiguousarray(~visible.T), seconds)
+
+
+def score(queries: Queries, pred: Prediction) -> dict[str, float]:
+    """The 13 official metrics of one video (fractions)."""
+    return video_metrics(
+        queries.query_points, queries.occluded, queries.target_points, pred.occluded, pred.tracks, queries.mode
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction files: one NPZ per video
+
+
+def prediction_filename(video_name: str) -> str:
+    """``<name>.npz`` with characters outside ``[A-Za-z0-9._-]`` replaced, so any video name is a safe file name."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", video_name).lstrip(".") or "video"
+    return f"{safe}.npz"
+
+
+def save_prediction(
+    out_dir: Path, video: TapVidVideo, queries: Queries, pred: Prediction, meta: dict[str, str | int | float]
+) -> Path:
+    """Write ``<out_dir>/<video>.npz``.
+
+    Keys: ``tracks [T, Q, 2]`` float32 (x, y) and ``occluded [T, Q]`` bool, frames first as ``ptrack track``
+    writes them, in 256x256 pixels; ``query_points [Q, 3]`` (t, y, x) as TAP-Vid orders them;
+    ``queries [Q, 3]`` (t, x, y) as given to the tracker; ``trackgroup [Q]`` the source track of each
+    query; ``video_name``, ``query_mode``, ``layout`` (= "TQ") and the run's metadata strings.
+    """
+    from ..io.atomic import atomic_path
+
+    path = Path(out_dir) / prediction_filename(video.name)
+    arrays = {
+        "tracks": pred.tracks.transpose(1, 0, 2).astype(np.float32),
+        "occluded": pred.occluded.T.astype(bool),
+        "query_points": queries.query_points.astype(np.float64),
+        "queries": to_tracker_queries(queries.query_points),
+        "trackgroup": queries.trackgroup.astype(np.int64),
+        "video_name": np.array(video.name),
+        "query_mode": np.array(queries.mode),
+        "layout": np.array("TQ"),
+        "format": np.array(PREDICTION_FORMAT),
+        "image_size": np.array([EVAL_SIZE, EVAL_SIZE]),
+    }
+    for k, v in meta.items():
+        arrays[k] = np.array(v)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    return path
+
+
+def _to_qt(arr: np.ndarray, q: int, t: int, key: str, layout: str | None, path: Path, trailing: tuple) -> np.ndarray:
+    """Bring a prediction array to ``[Q, T, ...]`` from frames-first ``[T, Q, ...]`` or TAP-Vid ``[Q, T, ...]``."""
+    a = arr[0] if arr.ndim == 2 + len(trailing) + 1 and arr.shape[0] == 1 else arr  # drop a batch axis of 1
+    if a.shape[2:] != trailing or a.ndim != 2 + len(trailing):
+        raise PtrackError(f"{path}: '{key}' has shape {arr.shape}; expected [T, Q{', 2' if trailing else ''}]")
+    if layout == "QT" or (layout is None and a.shape[:2] == (q, t) and q != t):
+        a = a.swapaxes(0, 1)
+    if a.shape[:2] != (t, q):
+        raise PtrackError(
+            f"{path}: '{key}' has shape {arr.shape} but the video has {t} frames and {q} queries "
+            "(were the predictions made with another --mode or dataset?)"
+        )
+    return a.swapaxes(0, 1)
+
+
+def load_prediction(path: Path, queries: Queries, num_frames: int) -> Prediction:
+    """Read one prediction NPZ and check it against the video's queries.
+
+    Accepts ``tracks`` ``[T, Q, 2]`` (frames first, ``layout`` "TQ" or absent) or ``[Q, T, 2]`` (TAP-Vid
+    order, ``layout`` "QT", or inferred when Q != T), with an optional leading batch axis of 1, and
+    ``occluded`` (or ``visibility``, its negation) shaped alike. Coordinates are 256x256 pixels (x, y).
+    """
+    try:
+        z = np.load(path, allow_pickle=False)
+        data = {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise PtrackError(f"cannot read predictions {path}: {exc} (expected an .npz file)") from None
+    layout = str(data["layout"]).upper() if "layout" in data else None
+    if layout not in (None, "TQ", "QT"):
+        raise PtrackError(f"{path}: unknown layout {layout!r} (use 'TQ' for [T, Q, 2] or 'QT' for [Q, T, 2])")
+    if "tracks" not in data:
+        raise PtrackError(f"{path}: no 'tracks' array (expected keys tracks and occluded)")
+    q, t = len(queries), num_frames
+    if "query_mode" in data and str(data["query_mode"]) != queries.mode:
+        raise PtrackError(f"{path} holds predictions for --mode {data['query_mode']}, not {queries.mode}")
+    if "query_points" in data:
+        qp = np.asarray(data["query_points"], np.float64).reshape(-1, 3)
+        if qp.shape != queries.query_points.shape or not np.allclose(qp, queries.query_points, atol=1e-3):
+            raise PtrackError(
+                f"{path}: its query_points differ from this dataset's {queries.mode} queries "
+                "(another video, --mode or --gt-scale?)"
+            )
+    tracks = _to_qt(np.asarray(data["tracks"]), q, t, "tracks", layout, path, (2,)).astype(np.float64)
+    if "occluded" in data:
+        occ = _to_qt(np.asarray(data["occluded"]), q, t, "occluded", layout, path, ()).astype(bool)
+    elif "visibility" in data:
+        occ = ~_to_qt(np.asarray(data["visibility"]), q, t, "visibility", layout, path, ()).astype(bool)
+    else:
+        raise PtrackError(f"{path}: no 'occluded' (or 'visibility') array")
+    return Prediction(tracks, occ)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-dataset loops (generators, so the caller can drive a progress bar)
+
+
+def evaluate_tracker(
+    tracker: Tracker,
+    dataset: TapVidDataset,
+    mode: str,
+    protocol: str = "joint",
+    *,
+    limit: int | None = None,
+    save_dir: Path | None = None,
+    model_hw: tuple[int, int] = Q.MODEL_RESOLUTION,
+    occlusion_rule: str = "tracker",
+    support: bool = True,
+    meta: dict | None = None,
+) -> Iterator[VideoResult]:
+    """Yield a :class:`VideoResult` per video (first ``limit`` videos), optionally saving predictions."""
+    for video in islice(dataset.videos(), limit):
+        queries = sample_queries(video, mode)
+        pred = predict(tracker, video.frames, queries.query_points, protocol, model_hw, occlusion_rule, support)
+        if save_dir is not None:
+            save_prediction(save_dir, video, queries, pred, meta or {})
+        yield VideoResult(video.name, video.num_frames, len(queries), score(queries, pred), pred.seconds)
+
+
+def score_directory(
+    pred_dir: Path, dataset: TapVidDataset, mode: str, *, limit: int | None = None
+) -> Iterator[VideoResult]:
+    """Yield a :class:`VideoResult` per video from ``<pred_dir>/<video>.npz`` prediction files."""
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise PtrackError(f"--predictions {pred_dir} is not a folder (give the folder of per-video .npz files)")
+    for video in islice(dataset.videos(load_frames=False), limit):
+        path = pred_dir / prediction_filename(video.name)
+        if not path.is_file():
+            raise PtrackError(
+                f"no predictions for video {video.name!r}: {path} is missing (use --limit, or predict every video)"
+            )
+        queries = sample_queries(video, mode)
+        pred = load_prediction(path, queries, video.num_frames)
+        yield VideoResult(video.name, video.num_frames, len(queries), score(queries, pred))
+

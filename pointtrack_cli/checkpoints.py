@@ -11,7 +11,7 @@ import torch
 
 from .errors import PtrackError
 
-_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "module", "net", "weights")
+_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "model_state", "ema_state_dict", "module", "net", "weights")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,147 @@
+"""``ptrack ensemble``: several trackers on one video, the Track-On-R verifier picks per frame.
+
+Register with ``app.command("ensemble")(ensemble_command)``.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..errors import PtrackError
+from .common import command_line, console
+
+FORMATS = ("npz", "csv")
+
+_HELP = (
+    "Run several trackers (teachers) on VIDEO and keep, per frame and point, the candidate the Track-On-R verifier "
+    "scores highest (visibility: strict majority of the teachers). Writes tracks.npz, tracks.csv and overlay.mp4 like "
+    "`track`, plus selection.npz (candidates, candidate_visibility, scores, chosen, teachers) and prints how often "
+    "each teacher was chosen.\n\n"
+    "Memory: the video is decoded once and kept (T*H*W*3 bytes); teachers run one after another, each freed before "
+    "the next. The verifier treats the whole clip as one temporal sequence (no windowing, as the official code) and "
+    "holds about T*N*M KiB of candidate tokens in fp32 (T frames, N points, M candidates), e.g. 250 frames x 400 "
+    "points x 5 teachers = 0.5 GB, plus ~0.6 GB of working memory (its CNN runs on 4 frames at a time)."
+)
+
+
+def _split(values: List[str]) -> list[str]:
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+@contextlib.contextmanager
+def _stages(quiet: bool) -> Iterator[tuple]:
+    """Rich progress with one bar per stage; yields ``(stage(description, total), advance(n))``."""
+    if quiet:
+        yield (lambda d, n: None), (lambda n=1: None)
+        return
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn()]
+    current: list = [None]
+    with Progress(*columns, console=console, transient=False) as progress:
+        def stage(description: str, total: int) -> None:
+            current[0] = progress.add_task(description, total=total)
+
+        def advance(n: int = 1) -> None:
+            if current[0] is not None:
+                progress.advance(current[0], n)
+
+        yield stage, advance
+
+
+def ensemble_command(
+    video: Path = typer.Argument(..., help="Video file or folder of numbered images."),
+    more_candidates: Optional[List[Path]] = typer.Argument(None, hidden=True, help="Further --candidates files."),
+    teachers: Optional[str] = typer.Option(
+        None, "--teachers", "-t",
+        help="Comma-separated tracker ids (any `ptrack models` tracker). Default without --candidates: "
+        "realtracker-offline,realtracker-online,realtracker-offline-kubric,realtracker-online-kubric,lk.",
+    ),
+    candidates: List[str] = typer.Option(
+        [], "--candidates", "-c",
+        help="tracks.npz files (ptrack's schema, same video and queries) added as candidates, or used alone: "
+        "--candidates a.npz b.npz (also comma-separated or repeated).",
+    ),
+    select: str = typer.Option("verifier", "--select", help="verifier (arg-max of the verifier's scores), random (one teacher per video, --seed) or median (of visible candidates)."),
+    verifier_weights: Optional[Path] = typer.Option(None, "--verifier-weights", help="Local verifier checkpoint instead of the Hub download (gorkaydemir/track_on_r, verifier.pt)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of --select random."),
+    grid: Optional[int] = typer.Option(None, "--grid", "-g", help="Track a GRID x GRID lattice of points."),
+    grid_frame: Optional[int] = typer.Option(None, "--grid-frame", help="Frame of the grid points (default: the first tracked frame)."),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="Image; grid points only where it is non-zero."),
+    queries: Optional[Path] = typer.Option(None, "--queries", "-q", help="CSV with header t,x,y (or frame,x,y), or .npy/.json of (t, x, y)."),
+    point: List[str] = typer.Option([], "--point", "-p", help="A query point t,x,y (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: ./<video stem>_ensemble)."),
+    formats: str = typer.Option("npz,csv", "--format", help="Comma-separated subset of npz,csv."),
+    no_overlay: bool = typer.Option(False, "--no-overlay", help="Do not write overlay.mp4."),
+    start: int = typer.Option(0, "--start", help="First source frame to track."),
+    end: Optional[int] = typer.Option(None, "--end", help="Stop before this source frame."),
+    stride: int = typer.Option(1, "--stride", help="Track every STRIDE-th frame."),
+    max_size: Optional[int] = typer.Option(None, "--max-size", help="Downsize the longer side before tracking (outputs stay in original pixels)."),
+    backward: bool = typer.Option(False, "--backward", help="Ask teachers to track before the query frame too."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    precision: str = typer.Option("auto", "--precision", help="CUDA only: auto (fp16 for the verifier, as the official pipeline), fp32, bf16 or fp16."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or summary."),
+) -> None:
+    from ..api import write_outputs
+    from ..ensemble import DEFAULT_TEACHERS, DecodedVideo, ensemble
+    from ..io.atomic import ensure_out_dir
+    from ..io.video import open_video
+
+    cand_files = _split(candidates) + [str(p) for p in (more_candidates or [])]
+    if more_candidates and not candidates:
+        raise PtrackError(f"unexpected argument {more_candidates[0]} (one VIDEO only; candidate files follow --candidates)")
+    teacher_ids = _split([teachers]) if teachers else ([] if cand_files else list(DEFAULT_TEACHERS))
+    fmt = tuple(f.strip() for f in formats.split(",") if f.strip())
+    bad = [f for f in fmt if f not in FORMATS]
+    if bad:
+        raise PtrackError(f"--format {formats!r}: unknown format {bad[0]!r} (choose from npz,csv)")
+    out_dir = out or Path.cwd() / f"{video.stem}_ensemble"
+    if out_dir.resolve() == video.resolve():
+        raise PtrackError(f"--out {out_dir} is the input video: choose another output folder")
+    ensure_out_dir(out_dir)
+    reader = open_video(video, start=start, end=end, stride=stride, max_size=max_size)
+
+    with _stages(quiet) as (stage, advance):
+        stage("decoding", reader.num_frames)
+        dec = DecodedVideo(reader, progress=advance)  # decoded once: every teacher, the verifier and the overlay
+        res = ensemble(
+            dec, queries, teachers=teacher_ids, candidates=cand_files, select=select, verifier_weights=verifier_weights,
+            device=device, precision=precision, seed=seed, grid=grid, grid_frame=grid_frame, mask=mask, points=point,
+            backward=backward, progress=advance, stage=stage, quiet=quiet,
+        )
+        res.result.meta["command"] = command_line()
+        if not no_overlay:
+            stage("writing overlay", reader.num_frames)
+        written = write_outputs(
+            res.result, out_dir, formats=fmt, overlay=not no_overlay, video=dec,
+            extra_npz={"selection.npz": res.selection_arrays()}, progress=advance,
+        )
+    if quiet:
+        return
+    counts = res.counts()
+    total = max(1, sum(counts.values()))
+    table = Table(title=f"ptrack ensemble ({res.select})", title_justify="left")
+    table.add_column("candidate", style="bold")
+    table.add_column("chosen", justify="right")
+    table.add_column("share", justify="right")
+    for name, n in counts.items():
+        table.add_row(name, str(n), f"{100 * n / total:.1f}%")
+    console.print(table)
+    r = res.result
+    info = Table(show_header=False, title_justify="left")
+    info.add_column(style="bold")
+    info.add_column()
+    info.add_row("frames", f"{r.num_frames} (source {int(r.frame_indices[0])}..{int(r.frame_indices[-1])})")
+    info.add_row("points", str(r.num_points))
+    info.add_row("visible", f"{100 * float(r.visibility.mean()) if r.visibility.size else 0.0:.1f}% of point-frames")
+    info.add_row("time", ", ".join(f"{k} {v:.1f} s" for k, v in res.seconds.items()))
+    for p in written:
+        info.add_row("wrote", str(p))
+    console.print(info)
+
+
+ensemble_command.__doc__ = _HELP

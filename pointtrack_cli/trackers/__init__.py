@@ -58,10 +58,34 @@ def build_tracker(
         raise PtrackError(f"unknown model {model!r} (choose one of: {', '.join(tracker_ids())}; see `ptrack models`)")
     arch = entry["architecture"]
     if arch in ("realtracker-offline", "realtracker-online"):
-        from .realtracker import build_realtracker
+        from ..models.realtracker import load_realtracker
+        from ..weights import load_weights
+        from .realtracker import RealTrackerTracker
 
-        return build_realtracker(
-            model, entry, weights=weights, device=resolve_device(device), resolution=resolution, backward=backward,
-            precision=precision, quiet=quiet, vis_threshold=vis_threshold, support_grid=support_grid,
+        dev = resolve_device(device)
+        online = arch == "realtracker-online"
+        sd, info = load_weights(model, weights, quiet=quiet)
+        net = load_realtracker(sd, online=online, source=str(info.get("path", model)))
+        del sd
+        tracker = RealTrackerTracker(
+            net, online=online, resolution=resolution or tuple(entry["config"]["model_resolution"]),
+            support_grid=support_grid, backward=backward, vis_threshold=vis_threshold, device=dev,
+            precision=resolve_precision(precision, dev),
         )
+        tracker.name = model
+        tracker.weights_info = info
+        return tracker
     raise PtrackError(f"model {model!r} has an unknown architecture {arch!r} in the weights registry")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` -> fp32. CPU always runs fp32.
+
+    No GPU was available to measure whether bf16/fp16 match fp32 on the fixtures, so ``auto`` stays
+    fp32 on CUDA too; pass --precision bf16 to opt in.
+    """
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise PtrackError(f"unknown precision {precision!r} (use auto, fp32, bf16 or fp16)")
+    if precision == "auto" or not device.startswith("cuda"):
+        return "fp32"
+    return precision

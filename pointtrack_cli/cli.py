@@ -10,6 +10,9 @@ from rich.table import Table
 
 from . import __version__
 from .commands.common import PtrackGroup, command_line, console, parse_hw, progress_bar
+from .commands.ensemble import ensemble_command
+from .commands.eval import app as eval_app
+from .commands.finetune import finetune as finetune_command
 from .commands.models import app as models_app
 from .errors import PtrackError
 
@@ -22,6 +25,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(models_app, name="models")
+app.add_typer(eval_app, name="eval")
+app.command("ensemble")(ensemble_command)
+app.command("finetune")(finetune_command)
 
 
 def _version(value: bool) -> None:

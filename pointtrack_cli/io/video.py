@@ -151,7 +151,8 @@ class VideoReader:
                 if i > last:
                     break
                 if i in wanted:
-                    yield i, np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3)
+                    # bytearray: a writable frame (torch.from_numpy warns on read-only buffers)
+                    yield i, np.frombuffer(bytearray(buf), dtype=np.uint8).reshape(h, w, 3)
         except RuntimeError as exc:
             raise PtrackError(f"decoding {self.path} failed at frame {i}: {str(exc).strip()[:160]}") from None
         finally:

@@ -1,0 +1,188 @@
+"""Fine-tuning checkpoints: student weights as safetensors + a training-state file, both written atomically.
+
+Layout of a run folder::
+
+    RUN_DIR/last.safetensors        weights after the latest saved step (official RealTracker keys:
+                                    ``ptrack track --model realtracker-online --weights RUN_DIR/last.safetensors``)
+    RUN_DIR/last.state.pt           optimizer, scheduler, AMP scaler, step, RNG states (torch.load weights_only=True)
+    RUN_DIR/best.safetensors        weights of the best evaluation (or lowest training loss without --eval-data)
+    RUN_DIR/best.json               which step, and its numbers
+    RUN_DIR/checkpoints/step_0000500.{safetensors,state.pt}   the last K saved steps
+
+``last.*`` and ``best.*`` are hard links to the step files when the filesystem allows (no extra disk), else
+copies. Each file is first written under a temporary name and renamed, so a crash leaves the previous
+checkpoint intact; weights and state carry the step in their metadata and :func:`find_resumable` only
+accepts a pair whose steps agree.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import PtrackError
+from ..io.atomic import atomic_path
+
+WEIGHTS_FORMAT = "ptrack-realtracker-finetune-v1"
+
+
+# --------------------------------------------------------------------------------------------------
+# RNG states (plain containers and tensors only, so weights_only loading accepts them)
+
+
+def rng_state() -> dict:
+    """Python, NumPy (global) and torch (CPU and every CUDA device) random states."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"name": str(np_state[0]), "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` captured."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# --------------------------------------------------------------------------------------------------
+# Single files
+
+
+def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write ``state_dict`` (official keys, float32) as safetensors, atomically; metadata values are strings."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in state_dict.items()}
+    meta = {"format": WEIGHTS_FORMAT, **{k: str(v) for k, v in metadata.items()}}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
+
+
+def weights_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata block of a safetensors file (empty dict if none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def save_state(path: str | Path, state: dict) -> Path:
+    """``torch.save`` of the training state (tensors and plain containers only), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, str(tmp))
+    return path
+
+
+def load_state(path: str | Path) -> dict:
+    """Training state written by :func:`save_state` (``weights_only=True``: nothing is unpickled)."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise PtrackError(f"cannot read training state {path}: {str(exc).splitlines()[0][:160]} (the file is damaged; "
+                          "resume from a file in RUN_DIR/checkpoints/ or start a new run)") from None
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` the same content as ``src`` atomically (hard link if possible, else a copy)."""
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+
+# --------------------------------------------------------------------------------------------------
+# The run folder
+
+
+class CheckpointManager:
+    """Saves steps, keeps the last ``keep_last`` and the best; finds what to resume from."""
+
+    def __init__(self, run_dir: str | Path, keep_last: int = 3) -> None:
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / "checkpoints"
+        self.keep_last = max(1, int(keep_last))
+
+    def step_paths(self, step: int) -> tuple[Path, Path]:
+        stem = f"step_{step:07d}"
+        return self.dir / f"{stem}.safetensors", self.dir / f"{stem}.state.pt"
+
+    @property
+    def last(self) -> tuple[Path, Path]:
+        return self.run_dir / "last.safetensors", self.run_dir / "last.state.pt"
+
+    @property
+    def best(self) -> tuple[Path, Path]:
+        return self.run_dir / "best.safetensors", self.run_dir / "best.json"
+
+    def save(self, step: int, weights: dict[str, torch.Tensor], metadata: dict, state: dict) -> Path:
+        """Write step ``step`` (weights + state), point ``last.*`` at it, prune old steps. Returns the weights path."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        w_path, s_path = self.step_paths(step)
+        save_weights(w_path, weights, {**metadata, "step": str(step)})
+        save_state(s_path, {**state, "step": int(step)})
+        _link_or_copy(w_path, self.last[0])
+        _link_or_copy(s_path, self.last[1])
+        self._prune()
+        return w_path
+
+    def mark_best(self, step: int, info: dict) -> None:
+        """Copy/link the weights of a saved ``step`` to ``best.safetensors`` and write ``best.json``."""
+        w_path, _ = self.step_paths(step)
+        _link_or_copy(w_path, self.best[0])
+        with atomic_path(self.best[1]) as tmp:
+            tmp.write_text(json.dumps({"step": int(step), **info}, indent=2))
+
+    def saved_steps(self) -> list[int]:
+        if not self.dir.is_dir():
+            return []
+        steps = []
+        for p in self.dir.glob("step_*.safetensors"):
+            try:
+                steps.append(int(p.name[5:12]))
+            except ValueError:
+                continue
+        return sorted(steps)
+
+    def _prune(self) -> None:
+        for step in self.saved_steps()[: -self.keep_last]:
+            for p in self.step_paths(step):
+                p.unlink(missing_ok=True)
+
+    def find_resumable(self) -> tuple[Path, Path, int] | None:
+        """``(weights, state, step)`` of the newest consistent pair: ``last.*`` if both agree, else a step pair."""
+        candidates = [self.last] + [self.step_paths(s) for s in reversed(self.saved_steps())]
+        for w, s in candidates:
+            if not (w.is_file() and s.is_file()):
+                continue
+            try:
+                step_w = int(weights_metadata(w).get("step", "-1"))
+                step_s = int(load_state(s).get("step", -2))
+            except (PtrackError, ValueError, OSError):
+                continue
+            except Exception:  # damaged safetensors header
+                continue
+            if step_w == step_s:
+                return w, s, step_s
+        return None

@@ -67,6 +67,7 @@ def track(
     backward: bool = typer.Option(False, "--backward", help="Also track points before their query frame (RealTracker; lk always does)."),
     no_support_grid: bool = typer.Option(False, "--no-support-grid", help="Do not add RealTracker's 6x6 support grid to explicit queries."),
     vis_threshold: Optional[float] = typer.Option(None, "--vis-threshold", help="Visibility threshold (default: the model's official one)."),
+    iters: Optional[int] = typer.Option(None, "--iters", min=1, help="RealTracker refinement iterations (default 6, as the official predictors; fewer is faster and less accurate)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     precision: str = typer.Option("auto", "--precision", help="CUDA only: auto, fp32, bf16 or fp16 (CPU always fp32)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or summary."),
@@ -95,7 +96,7 @@ def track(
     # Build the model (and fetch its weights) before any progress bar, so errors come first and alone.
     tracker = build_tracker(
         model, weights=str(weights) if weights else None, device=device, resolution=hw, backward=backward,
-        precision=precision, quiet=quiet, vis_threshold=vis_threshold,
+        precision=precision, quiet=quiet, vis_threshold=vis_threshold, iters=iters,
         support_grid=not no_support_grid and (queries is not None or bool(point) or mask is not None),
     )
     t0 = time.perf_counter()

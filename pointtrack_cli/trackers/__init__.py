@@ -40,12 +40,14 @@ def build_tracker(
     quiet: bool = False,
     vis_threshold: float | None = None,
     support_grid: bool = True,
+    iters: int | None = None,
 ) -> Tracker:
     """Build the tracker for model id ``model``.
 
     weights: local checkpoint path overriding the registry's Hub download.
     resolution: model input (h, w) in pixels for neural models; ``None`` keeps the model default.
     backward: also track before each query's frame (trackers that always do ignore it).
+    iters: refinement iterations of iterative models (RealTracker: 6, as the official predictors).
     """
     if model == "lk":
         from .lk import LKTracker
@@ -70,7 +72,7 @@ def build_tracker(
         tracker = RealTrackerTracker(
             net, online=online, resolution=resolution or tuple(entry["config"]["model_resolution"]),
             support_grid=support_grid, backward=backward, vis_threshold=vis_threshold, device=dev,
-            precision=resolve_precision(precision, dev),
+            precision=resolve_precision(precision, dev), **({"iters": iters} if iters else {}),
         )
         tracker.name = model
         tracker.weights_info = info

@@ -119,7 +119,7 @@ def track(
         ("frames", f"{result.num_frames} (source {int(result.frame_indices[0])}..{int(result.frame_indices[-1])})"),
         ("points", str(result.num_points)),
         ("model", result.model),
-        ("device", str(result.meta["tracker_settings"].get("device", "cpu"))),
+        ("device", str(getattr(tracker, "device", "cpu"))),
         ("time", f"{track_seconds:.1f} s tracking"),
         ("frames/s", f"{result.num_frames / max(track_seconds, 1e-9):.1f}"),
         ("visible", f"{100 * vis_frac:.1f}% of point-frames"),

@@ -56,5 +56,10 @@ def progress_bar(description: str, total: int | None, quiet: bool) -> Iterator:
         yield lambda n=1: progress.advance(task, n)
 
 
+def split_list(values: list[str]) -> list[str]:
+    """Options given comma-separated and/or repeated (``-t a,b -t c``) -> ``["a", "b", "c"]``."""
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
 def command_line() -> str:
     return " ".join(["ptrack", *sys.argv[1:]])

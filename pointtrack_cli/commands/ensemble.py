@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import PtrackError
-from .common import command_line, console
+from .common import command_line, console, split_list
 
 FORMATS = ("npz", "csv")
 
@@ -27,10 +27,6 @@ _HELP = (
     "holds about T*N*M KiB of candidate tokens in fp32 (T frames, N points, M candidates), e.g. 250 frames x 400 "
     "points x 5 teachers = 0.5 GB, plus ~0.6 GB of working memory (its CNN runs on 4 frames at a time)."
 )
-
-
-def _split(values: List[str]) -> list[str]:
-    return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
 @contextlib.contextmanager
@@ -91,10 +87,10 @@ def ensemble_command(
     from ..io.atomic import ensure_out_dir
     from ..io.video import open_video
 
-    cand_files = _split(candidates) + [str(p) for p in (more_candidates or [])]
+    cand_files = split_list(candidates) + [str(p) for p in (more_candidates or [])]
     if more_candidates and not candidates:
         raise PtrackError(f"unexpected argument {more_candidates[0]} (one VIDEO only; candidate files follow --candidates)")
-    teacher_ids = _split([teachers]) if teachers else ([] if cand_files else list(DEFAULT_TEACHERS))
+    teacher_ids = split_list([teachers]) if teachers else ([] if cand_files else list(DEFAULT_TEACHERS))
     fmt = tuple(f.strip() for f in formats.split(",") if f.strip())
     bad = [f for f in fmt if f not in FORMATS]
     if bad:

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from ..errors import PtrackError
-from .common import console, parse_hw
+from .common import console, parse_hw, split_list
 
 _HELP = (
     "Fine-tune a RealTracker student on the videos under VIDEOS_DIR (every file ffmpeg reads and every folder of "
@@ -30,10 +30,6 @@ _HELP = (
     "best.safetensors, checkpoints/, labels/ (cached pseudo-labels), metrics.jsonl, config.json and data.json. "
     "Multi-GPU: --gpus G, or `torchrun --nproc_per_node G -m pointtrack_cli finetune ...`."
 )
-
-
-def _split(values: List[str]) -> list[str]:
-    return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
 def config_to_argv(cfg) -> list[str]:
@@ -101,7 +97,7 @@ def finetune(
 
     hw = parse_hw(resolution)
     assert hw is not None
-    teacher_list = _split(teachers) if teachers else None
+    teacher_list = split_list(teachers) if teachers else None
     if teacher_list is not None and [t.lower() for t in teacher_list] == ["none"]:
         teacher_list = []  # only the student's starting weights
     cfg = FinetuneConfig(

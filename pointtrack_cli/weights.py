@@ -22,7 +22,12 @@ from .errors import PtrackError
 @functools.lru_cache(maxsize=1)
 def registry() -> dict[str, dict]:
     """``{model_id: entry}`` from registry.json (keys starting with ``_`` are comments)."""
-    text = resources.files("pointtrack_cli.registry").joinpath("registry.json").read_text()
+    try:
+        text = resources.files("pointtrack_cli.registry").joinpath("registry.json").read_text()
+    except ModuleNotFoundError:
+        # Imported from a source checkout (e.g. pytest from the repo root): the installed alias
+        # ``pointtrack_cli.registry`` only exists in site-packages, the data sits in ``weights/``.
+        text = (Path(__file__).resolve().parent.parent / "weights" / "registry.json").read_text()
     return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
 

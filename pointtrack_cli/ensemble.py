@@ -14,10 +14,11 @@ to original pixels afterwards.
 from __future__ import annotations
 
 import gc
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence, Union
 
 import numpy as np
 
@@ -27,6 +28,11 @@ from .result import COORDINATES, TrackResult, load_tracks
 from .trackers.base import ArrayVideo, FrameSource, ProgressFn, Tracker
 
 DEFAULT_TEACHERS = ("realtracker-offline", "realtracker-online", "realtracker-offline-kubric", "realtracker-online-kubric", "lk")
+if TYPE_CHECKING:  # torch is imported lazily (the weight-free paths do not need it)
+    from .models.verifier import Verifier
+
+VerifierArg = Union[tuple, "Verifier"]
+"""``(state dict, info)`` from :func:`load_verifier_weights`, or a model from :func:`build_verifier`."""
 StageFn = Callable[[str, int], None]
 """Called when a stage starts: (description, number of frames it will report through ``progress``)."""
 
@@ -185,7 +191,9 @@ def load_verifier_weights(weights: str | Path | None, quiet: bool = True):
     try:
         return load_weights("verifier", weights, quiet=quiet)
     except PtrackError as exc:
-        raise PtrackError(f"verifier weights unavailable: {exc}; or choose a weight-free selection with --select median") from None
+        # The generic hint names --weights; the commands take the verifier's file as --verifier-weights.
+        msg = re.sub(r"--weights\b", "--verifier-weights", str(exc))
+        raise PtrackError(f"verifier weights unavailable: {msg}; or choose a weight-free selection with --select median") from None
 
 
 def _free_memory() -> None:
@@ -202,25 +210,36 @@ def _free_memory() -> None:
 # ---------------------------------------------------------------------------------------------
 # The ensemble
 # ---------------------------------------------------------------------------------------------
+def build_verifier(sd_and_info: tuple, device: str) -> "Verifier":
+    """A :class:`~pointtrack_cli.models.verifier.Verifier` in eval mode on ``device`` from ``(state dict, info)``."""
+    from .models.verifier import load_verifier
+
+    sd, info = sd_and_info
+    return load_verifier(sd, str(info.get("path") or info.get("repo_id") or "verifier weights")).to(device)
+
+
 def run_verifier(
     frames: np.ndarray,
     candidates: np.ndarray,
     queries: np.ndarray,
     absent: np.ndarray,
-    sd_and_info: tuple,
+    verifier: VerifierArg,
     device: str,
     precision: str,
     progress: ProgressFn | None = None,
 ) -> np.ndarray:
-    """Verifier logits ``[T, N, M]`` for finite candidates in pixels of ``frames [T, H, W, 3]``; queries (t index, x, y)."""
+    """Verifier logits ``[T, N, M]`` for finite candidates in pixels of ``frames [T, H, W, 3]``; queries (t index, x, y).
+
+    verifier: ``(state dict, info)`` as :func:`load_verifier_weights` returns (the model is built for this
+    call and freed after it), or a model from :func:`build_verifier` (kept, for callers that score many
+    videos with one model, e.g. ``ptrack eval tapvid --model ensemble:...``).
+    """
     import contextlib
 
     import torch
 
-    from .models.verifier import load_verifier
-
-    sd, info = sd_and_info
-    model = load_verifier(sd, str(info.get("path") or info.get("repo_id") or "verifier weights")).to(device)
+    own = isinstance(verifier, tuple)
+    model = build_verifier(verifier, device) if own else verifier
     ctx = contextlib.nullcontext()
     if device.startswith("cuda") and precision != "fp32":
         ctx = torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
@@ -228,9 +247,172 @@ def run_verifier(
         logits = model(frames, torch.from_numpy(candidates), torch.from_numpy(queries.astype(np.float32)),
                        torch.from_numpy(absent) if absent.any() else None, progress=progress)
     out = logits.float().cpu().numpy()
-    del model
-    _free_memory()
+    if own:
+        del model
+        _free_memory()
     return out
+
+
+@dataclass
+class TeacherRun:
+    """What the teachers said, in pixels of the frames they were given.
+
+    tracks: per teacher ``[T, N, 2]`` float32 (NaN = no estimate: frames before the query frame of a
+    teacher that does not track backward); visibility: per teacher ``[T, N]`` bool (its own flags);
+    settings: per teacher ``{"teacher", "settings", "weights"}`` for metadata; seconds: per teacher.
+    """
+
+    names: list[str]
+    tracks: list[np.ndarray]
+    visibility: list[np.ndarray]
+    settings: list[dict]
+    seconds: dict[str, float]
+
+
+def run_teachers(
+    teachers: Sequence[str | Tracker],
+    video: FrameSource,
+    queries: np.ndarray,
+    *,
+    build: Callable[[str], Tracker] | None = None,
+    progress: ProgressFn | None = None,
+    stage: StageFn | None = None,
+) -> TeacherRun:
+    """Run each teacher on ``video`` for ``queries [N, 3]`` (t = frame index into ``video``, x, y its pixels).
+
+    Teachers given as ids are built with ``build(id)`` and freed before the next one loads (so only one
+    model is in memory at a time); :class:`Tracker` objects are used as they are and kept (the caller
+    owns them, e.g. to reuse them on the next video). Queries are not validated here.
+    """
+    num_frames = video.num_frames
+    before = np.arange(num_frames)[:, None] < np.asarray(queries)[:, 0].astype(np.int64)[None, :]
+    run = TeacherRun([], [], [], [], {})
+    for t in teachers:
+        name = t if isinstance(t, str) else t.name
+        if isinstance(t, str) and build is None:
+            raise ValueError(f"teacher {t!r} given by id but no build function")
+        tracker = build(t) if isinstance(t, str) else t
+        if stage is not None:
+            stage(f"teacher {name}", num_frames)
+        t1 = time.perf_counter()
+        out = tracker.track(video, queries, progress=progress)
+        tracks, vis = out.tracks[:num_frames].copy(), out.visibility[:num_frames].copy()
+        if not tracker.backward:
+            # A forward-only teacher has no estimate before the query frame (same rule as api.run_tracker).
+            tracks[before] = np.nan
+            vis[before] = False
+        run.seconds[f"teacher {name}"] = time.perf_counter() - t1
+        run.settings.append({"teacher": name, "settings": tracker.settings(),
+                             "weights": tracker.weights_info or "none (weight-free tracker)"})
+        run.names.append(name)
+        run.tracks.append(tracks.astype(np.float32))
+        run.visibility.append(vis)
+        if isinstance(t, str):
+            del tracker  # free the teacher before the next one loads
+            _free_memory()
+    return run
+
+
+@dataclass
+class Choice:
+    """One track per point chosen among candidates, in the candidates' pixels.
+
+    selection: the :class:`~pointtrack_cli.selection.Selection` (tracks ``[T, N, 2]``, visibility, chosen,
+    scores ``[T, N, M]``); logits: raw verifier scores ``[T, N, M]`` (``select="verifier"`` only);
+    visibility_prob ``[T, N]``: fraction of candidates with an estimate that say visible;
+    confidence ``[T, N]``: score of the chosen candidate (0 where none was chosen).
+    """
+
+    selection: S.Selection
+    logits: np.ndarray | None
+    visibility_prob: np.ndarray
+    confidence: np.ndarray
+    seconds: dict[str, float]
+
+
+def choose(
+    frames: np.ndarray,
+    candidates: np.ndarray,
+    candidate_visibility: np.ndarray,
+    queries: np.ndarray,
+    select: str,
+    *,
+    seed: int = 0,
+    verifier: VerifierArg | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    progress: ProgressFn | None = None,
+    stage: StageFn | None = None,
+) -> Choice:
+    """Select among ``candidates [T, N, M, 2]`` (pixels of ``frames [T, H, W, 3]``, NaN = absent).
+
+    queries: ``[N, 3]`` (t frame index, x, y) in the same pixels. verifier: weights or a model (see
+    :func:`run_verifier`), needed only for ``select="verifier"``.
+    """
+    seconds: dict[str, float] = {}
+    logits = None
+    if select == "verifier":
+        if verifier is None:
+            raise PtrackError("select=verifier needs the verifier weights (or choose --select median)")
+        filled, absent = S.fill_for_verifier(candidates, queries)
+        if stage is not None:
+            stage("verifier", len(frames))
+        t1 = time.perf_counter()
+        logits = run_verifier(frames, filled, queries, absent, verifier, device, precision, progress)
+        seconds["verifier"] = time.perf_counter() - t1
+        sel = S.select_verifier(candidates, candidate_visibility, logits, absent)
+    elif select == "random":
+        sel = S.select_random(candidates, candidate_visibility, seed)
+    elif select == "median":
+        sel = S.select_median(candidates, candidate_visibility)
+    else:
+        raise PtrackError(f"--select {select!r} is not one of {', '.join(S.STRATEGIES)}")
+    has = sel.chosen >= 0
+    present = ~S.absent_candidates(candidates)
+    voters = present.sum(-1)
+    vis_prob = np.divide((candidate_visibility & present).sum(-1), voters, out=np.zeros(voters.shape), where=voters > 0)
+    conf = np.where(has, np.take_along_axis(sel.scores, np.clip(sel.chosen, 0, None)[..., None], -1)[..., 0], 0.0)
+    return Choice(sel, logits, vis_prob, conf, seconds)
+
+
+@dataclass
+class FrameEnsemble:
+    """:func:`ensemble_frames` output: candidates ``[T, N, M, 2]`` / ``candidate_visibility [T, N, M]`` in
+    the frames' pixels, the teacher names (made unique) and settings, and the :class:`Choice`."""
+
+    names: list[str]
+    candidates: np.ndarray
+    candidate_visibility: np.ndarray
+    settings: list[dict]
+    choice: Choice
+    seconds: dict[str, float]
+
+
+def ensemble_frames(
+    video: FrameSource,
+    queries: np.ndarray,
+    teachers: Sequence[Tracker],
+    select: str,
+    *,
+    seed: int = 0,
+    verifier: VerifierArg | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    progress: ProgressFn | None = None,
+) -> FrameEnsemble:
+    """The ensemble on frames already in memory, with tracker-frame queries (the :class:`Tracker` path).
+
+    queries ``[N, 3]``: (t frame index, x, y pixels of ``video``), passed to the teachers unchecked, as a
+    tracker's caller would. Same teacher loop and selection as :func:`ensemble`, without decoding,
+    query parsing or source-pixel mapping.
+    """
+    q = np.asarray(queries, np.float64)
+    run = run_teachers(teachers, video, q, progress=progress)
+    cand = np.stack(run.tracks, axis=2).astype(np.float32)
+    cand_vis = np.stack(run.visibility, axis=2).astype(bool) & ~S.absent_candidates(cand)
+    choice = choose(video.read_all(), cand, cand_vis, q, select, seed=seed, verifier=verifier, device=device,
+                    precision=precision, progress=progress)
+    return FrameEnsemble(_unique(run.names), cand, cand_vis, run.settings, choice, {**run.seconds, **choice.seconds})
 
 
 def ensemble(
@@ -269,7 +451,7 @@ def ensemble(
 
     Returns an :class:`EnsembleResult` (``.result`` is the ``TrackResult``; ``.selection_arrays()``).
     """
-    from .api import build_queries, run_tracker
+    from .api import build_queries, validate_queries
     from .io.video import open_video
     from .trackers import build_tracker, resolve_device, tracker_ids
 
@@ -310,29 +492,19 @@ def ensemble(
         q, explicit = np.asarray(file_q, np.float64), True
     q_index = _query_rows(q, dec)
 
-    names: list[str] = []
-    tracks_all: list[np.ndarray] = []
-    vis_all: list[np.ndarray] = []
-    settings: list[dict] = []
-    for t in teachers:
-        name = t if isinstance(t, str) else t.name
-        tracker = t if not isinstance(t, str) else build_tracker(
-            t, device=dev, backward=backward, precision=precision, quiet=quiet, support_grid=explicit,
-        )
-        if stage is not None:
-            stage(f"teacher {name}", dec.num_frames)
-        t1 = time.perf_counter()
-        tr, vis, _, _ = run_tracker(tracker, dec, q, progress)
-        seconds[f"teacher {name}"] = time.perf_counter() - t1
-        settings.append({"teacher": name, "settings": tracker.settings(),
-                         "weights": tracker.weights_info or "none (weight-free tracker)"})
-        names.append(name)
-        tracks_all.append(tr)
-        vis_all.append(vis)
-        if isinstance(t, str):
-            del tracker  # free the teacher before the next one loads
-        _free_memory()
-    names = _unique(names + [p.name for p in cand_paths])
+    if teachers:
+        validate_queries(q, dec)  # teachers get checked queries (candidate files keep their own)
+    q_model = np.concatenate([q_index[:, None].astype(np.float64), dec.from_source(q[:, 1:3])], axis=1)
+
+    def build(t: str) -> Tracker:
+        return build_tracker(t, device=dev, backward=backward, precision=precision, quiet=quiet, support_grid=explicit)
+
+    run = run_teachers(teachers, dec, q_model, build=build, progress=progress, stage=stage)
+    seconds.update(run.seconds)
+    settings = run.settings
+    names = _unique(run.names + [p.name for p in cand_paths])
+    tracks_all = [dec.to_source(tr.astype(np.float64)).astype(np.float32) for tr in run.tracks]
+    vis_all = list(run.visibility)
     for tr, vis in files:
         tracks_all.append(tr)
         vis_all.append(vis)
@@ -342,27 +514,13 @@ def ensemble(
     cand_vis &= ~S.absent_candidates(cand_src)
     # Selection happens in the frames the teachers saw (identical to original pixels without max_size).
     cand = dec.from_source(cand_src.astype(np.float64)).astype(np.float32)
-    logits = None
-    if select == "verifier":
-        q_model = np.concatenate([q_index[:, None].astype(np.float64), dec.from_source(q[:, 1:3])], axis=1)
-        filled, absent = S.fill_for_verifier(cand, q_model)
-        if stage is not None:
-            stage("verifier", dec.num_frames)
-        t1 = time.perf_counter()
-        logits = run_verifier(dec.frames, filled, q_model, absent, vweights, dev, prec, progress)
-        seconds["verifier"] = time.perf_counter() - t1
-        sel = S.select_verifier(cand, cand_vis, logits, absent)
-    elif select == "random":
-        sel = S.select_random(cand, cand_vis, seed)
-    else:
-        sel = S.select_median(cand, cand_vis)
+    choice = choose(dec.frames, cand, cand_vis, q_model, select, seed=seed, verifier=vweights, device=dev,
+                    precision=prec, progress=progress, stage=stage)
+    seconds.update(choice.seconds)
+    sel, logits = choice.selection, choice.logits
 
     tracks = dec.to_source(sel.tracks.astype(np.float64)).astype(np.float32)
-    has = sel.chosen >= 0
-    present = ~S.absent_candidates(cand)
-    voters = present.sum(-1)
-    vis_prob = np.divide((cand_vis & present).sum(-1), voters, out=np.zeros(voters.shape), where=voters > 0)
-    conf = np.where(has, np.take_along_axis(sel.scores, np.clip(sel.chosen, 0, None)[..., None], -1)[..., 0], 0.0)
+    vis_prob, conf = choice.visibility_prob, choice.confidence
     meta = {
         "video": str(dec.path.resolve()) if dec.path.exists() else str(dec.path),
         "coordinates": COORDINATES,

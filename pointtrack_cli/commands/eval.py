@@ -61,6 +61,17 @@ _DATA_HELP = (
     "RoboTAP splits (robotap_split*.pkl). Pickles are loaded only from this path (NumPy arrays only)."
 )
 _GT_SCALE_HELP = "Scale of the normalised ground truth: 256 (official, tapnet) or 255 (CoTracker3's reader)."
+_MODEL_HELP = (
+    "Tracker id (see `ptrack models`); `lk` needs no weights. `ensemble:ID,ID,...` runs the Track-On-R ensemble "
+    "of those trackers (each ID may carry local weights: ID=PATH), selected per frame by --select."
+)
+_ORACLE_HELP = (
+    "With --model ensemble:...: add a table (and JSON 'comparison') of the mean AJ / <δ_avg / OA of each teacher "
+    "alone (its own visibility flags), the ensemble, and the per-frame oracle: per query and frame the candidate "
+    "closest to the ground truth, with the ground-truth visibility (as the official Track-On-R evaluator; its OA "
+    "is 100 by construction). On GT-occluded frames the pick does not affect any metric; where no candidate has "
+    "an estimate (before the query frame if no teacher tracks backward) the oracle has none either (a miss)."
+)
 
 _out = Console()  # tables go to stdout; progress and notes to stderr
 _err = Console(stderr=True)
@@ -114,13 +125,18 @@ def _run_loop(results_iter, dataset, limit: int | None, description: str, quiet:
     return results
 
 
-def _report(results: list, meta: dict, title: str, json_path: Path | None, plot_path: Path | None, quiet: bool) -> None:
+def _report(
+    results: list, meta: dict, title: str, json_path: Path | None, plot_path: Path | None, quiet: bool,
+    extra_tables: tuple = (),
+) -> None:
     from ..eval.metrics import mean_over_videos
     from ..eval.report import plot_bars, results_payload, summary_table, threshold_table, write_json
 
     mean = mean_over_videos([r.metrics for r in results])
     _out.print(summary_table(results, mean, title))
     _out.print(threshold_table(results, mean, "per-threshold values (x100): <δ = points within, J = Jaccard"))
+    for table in extra_tables:
+        _out.print(table)
     if json_path is not None:
         write_json(json_path, results_payload(results, meta))
         if not quiet:
@@ -152,11 +168,37 @@ def _model_hw(tracker, resolution: tuple[int, int] | None) -> tuple[int, int]:
     return MODEL_RESOLUTION
 
 
+def _check_ensemble_options(
+    model: str, select: str | None, verifier_weights: Path | None, oracle: bool, weights: Path | None,
+    occlusion_rule: OcclusionRule,
+) -> bool:
+    """Reject option mixes that only make sense with (or not with) ``--model ensemble:...``; True for an ensemble."""
+    from ..selection import STRATEGIES
+    from ..trackers.ensemble import is_ensemble_id, parse_spec
+
+    if not is_ensemble_id(model):
+        for flag, given in (("--oracle", oracle), ("--select", select is not None), ("--verifier-weights", verifier_weights is not None)):
+            if given:
+                raise PtrackError(f"{flag} needs an ensemble model, e.g. --model ensemble:lk,{model} "
+                                  "(it compares or selects among several trackers' candidates)")
+        return False
+    parse_spec(model)  # unknown teachers fail here, before the dataset is read
+    if select is not None and select not in STRATEGIES:
+        raise PtrackError(f"--select {select!r} is not one of {', '.join(STRATEGIES)}")
+    if weights is not None:
+        raise PtrackError("--weights is ambiguous with an ensemble: give each teacher its weights as "
+                          "--model ensemble:ID=PATH,ID=PATH")
+    if occlusion_rule is OcclusionRule.cotracker3:
+        raise PtrackError("--occlusion-rule cotracker3 does not apply to an ensemble (its visibility is the "
+                          "teachers' majority vote): use --occlusion-rule auto or tracker")
+    return True
+
+
 @app.command("tapvid", epilog=_PICKLE_NOTE)
 def tapvid(
     dataset: Dataset = typer.Option(..., "--dataset", "-d", help="Which TAP-Vid benchmark."),
     data: Path = typer.Option(..., "--data", help=_DATA_HELP),
-    model: str = typer.Option(..., "--model", "-m", help="Tracker id (see `ptrack models`); `lk` needs no weights."),
+    model: str = typer.Option(..., "--model", "-m", help=_MODEL_HELP),
     mode: Mode = typer.Option(Mode.first, "--mode", help="Query sampling: first (CoTracker3 tables) or strided (every 5th frame, tracks both ways)."),
     protocol: Protocol = typer.Option(Protocol.joint, "--protocol", help="joint: all queries of a video at once + 5x5 support grid (fast). single: one query at a time with 8x8 local + 5x5 global support grids (CoTracker3 paper)."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Local checkpoint instead of the Hub download."),
@@ -172,6 +214,10 @@ def tapvid(
     save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Folder for one NPZ per video: tracks [T,Q,2] (x,y) and occluded [T,Q] at 256x256, plus the query points."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG bar plot of per-video AJ and <δ_avg."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or notes (the result tables are still printed)."),
+    select: Optional[str] = typer.Option(None, "--select", help="With ensemble:...: verifier (default; arg-max of the Track-On-R verifier, needs its weights), random (one teacher per video) or median (per-frame median of the visible candidates, no weights)."),
+    verifier_weights: Optional[Path] = typer.Option(None, "--verifier-weights", help="With ensemble:... and --select verifier: local verifier checkpoint instead of the Hub download (gorkaydemir/track_on_r, verifier.pt)."),
+    seed: int = typer.Option(0, "--seed", help="With --select random: the k-th video (or query, with --protocol single) draws its teacher with seed + k."),
+    oracle: bool = typer.Option(False, "--oracle", help=_ORACLE_HELP),
 ) -> None:
     """Run a tracker on a TAP-Vid dataset and print AJ, <δ_avg and OA per video and their mean.
 
@@ -190,6 +236,7 @@ def tapvid(
     if vis_threshold is not None and not (0.0 <= vis_threshold <= 1.0):
         raise PtrackError(f"--vis-threshold {vis_threshold} must be between 0 and 1")
     hw = parse_hw(resolution)
+    is_ensemble = _check_ensemble_options(model, select, verifier_weights, oracle, weights, occlusion_rule)
     ds = open_dataset(dataset.value, data, gt_scale)
     if save_predictions is not None:
         from ..io.atomic import ensure_out_dir
@@ -197,10 +244,20 @@ def tapvid(
         ensure_out_dir(save_predictions)
     # 'first' never scores frames before the query, so backward tracking is only needed for 'strided'.
     backward = mode is Mode.strided
-    tracker = _build(
-        model, weights=str(weights) if weights else None, device=device, resolution=hw, backward=backward,
-        precision=precision, quiet=quiet, vis_threshold=vis_threshold, support_grid=False,
-    )
+    build_kwargs = dict(device=device, resolution=hw, backward=backward, precision=precision, quiet=quiet,
+                        vis_threshold=vis_threshold, support_grid=False)
+    if is_ensemble:
+        from ..trackers.ensemble import build_ensemble_tracker
+
+        # Teachers and verifier are built here, once for the whole run; each teacher gets the same
+        # settings a lone tracker would (backward in strided mode, no own support grid).
+        tracker = build_ensemble_tracker(
+            model, lambda tid, weights=None: _build(tid, weights=weights, **build_kwargs),
+            select=select or "verifier", verifier_weights=str(verifier_weights) if verifier_weights else None,
+            device=device, precision=precision, seed=seed, quiet=quiet,
+        )
+    else:
+        tracker = _build(model, weights=str(weights) if weights else None, **build_kwargs)
     if backward and not getattr(tracker, "backward", False) and not quiet:
         _err.print(f"[yellow]note:[/] {tracker.name} does not track backwards: in strided mode the frames before "
                    "each query count as misses")
@@ -223,7 +280,7 @@ def tapvid(
     results = _run_loop(
         evaluate_tracker(
             tracker, ds, mode.value, protocol.value, limit=limit, save_dir=save_predictions, model_hw=model_hw,
-            occlusion_rule=rule, support=not no_support, meta=npz_meta,
+            occlusion_rule=rule, support=not no_support, meta=npz_meta, oracle=oracle,
         ),
         ds, limit, f"{dataset.value} ({tracker.name}, {mode.value}, {protocol.value})", quiet,
     )
@@ -235,7 +292,18 @@ def tapvid(
     if save_predictions is not None:
         meta["predictions"] = str(save_predictions)
     title = f"TAP-Vid-{dataset.value} {mode.value} · {tracker.name} · {protocol.value}"
-    _report(results, meta, title, json_out, plot, quiet)
+    tables: tuple = ()
+    if oracle:
+        from ..eval.report import comparison_rows, comparison_table
+
+        rows = comparison_rows(results, f"ensemble ({tracker.select})")
+        meta["comparison"] = {
+            "rows": rows,
+            "oracle": "per query and frame the candidate closest to the ground truth, with ground-truth visibility",
+            "teacher_visibility": "each teacher's own visibility flags (those that vote in the ensemble)",
+        }
+        tables = (comparison_table(rows, f"teachers vs ensemble vs per-frame oracle (x100, mean over {len(results)} videos)"),)
+    _report(results, meta, title, json_out, plot, quiet, tables)
 
 
 @app.command("score", epilog=_PICKLE_NOTE)

@@ -66,6 +66,33 @@ def threshold_table(results: Sequence[VideoResult], mean: dict[str, float], titl
     return table
 
 
+def comparison_rows(results: Sequence[VideoResult], ensemble_label: str) -> list[dict[str, Any]]:
+    """Mean over videos of each teacher alone, the ensemble and the oracle (from ``extra["comparison"]``).
+
+    Returns ``[{"name", "role" (teacher | ensemble | oracle), "mean": {metric: fraction}}]`` in table order.
+    """
+    comps = [r.extra["comparison"] for r in results]
+    names = list(comps[0]["teachers"]) if comps else []
+    rows = [{"name": n, "role": "teacher", "mean": mean_over_videos([c["teachers"][n] for c in comps])} for n in names]
+    rows.append({"name": ensemble_label, "role": "ensemble", "mean": mean_over_videos([r.metrics for r in results])})
+    rows.append({"name": "oracle", "role": "oracle", "mean": mean_over_videos([c["oracle"] for c in comps])})
+    return rows
+
+
+def comparison_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
+    """AJ, <δ_avg and OA (x100, mean over videos) per row of :func:`comparison_rows`."""
+    table = Table(title=title)
+    table.add_column("candidate", overflow="fold")
+    table.add_column("role")
+    for head in ("AJ", "<δ_avg", "OA"):
+        table.add_column(head, justify="right")
+    keys = ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")
+    for row in rows:
+        style = "bold" if row["role"] != "teacher" else None
+        table.add_row(row["name"], row["role"], *(_pct(row["mean"][k]) for k in keys), style=style)
+    return table
+
+
 def _clean(v: Any) -> Any:
     """JSON-safe values: NaN/inf -> null, NumPy scalars -> Python numbers."""
     if isinstance(v, dict):

@@ -42,11 +42,16 @@ PREDICTION_FORMAT = "ptrack-tapvid-predictions-v1"
 
 @dataclass
 class Prediction:
-    """A tracker's answer for one video's queries: tracks ``[Q, T, 2]`` float32 (x, y) at 256x256, occluded ``[Q, T]``."""
+    """A tracker's answer for one video's queries: tracks ``[Q, T, 2]`` float32 (x, y) at 256x256, occluded ``[Q, T]``.
+
+    extras: per-query arrays ``[Q, T, ...]`` some trackers add (the ensemble's ``candidates [Q, T, M, 2]`` and
+    ``candidate_visibility [Q, T, M]``), taken from the same tracker calls and query slots as ``tracks``.
+    """
 
     tracks: np.ndarray
     occluded: np.ndarray
     seconds: float = 0.0
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,8 +99,10 @@ OCCLUSION_RULES = ("tracker", "cotracker3")
 
 def _run(
     tracker: Tracker, video: ArrayVideo, queries: np.ndarray, keep: int, rule: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """One tracker call; returns (tracks ``[T, keep, 2]``, visible ``[T, keep]``) for the first ``keep`` queries.
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """One tracker call; returns (tracks ``[T, keep, 2]``, visible ``[T, keep]``, extras ``{k: [T, keep, ...]}``)
+    for the first ``keep`` queries (support points dropped). ``extras`` is the output's ``extras`` dict when the
+    tracker returns one (:class:`~pointtrack_cli.trackers.ensemble.EnsembleTrackOutput`), else empty.
 
     rule 'tracker': the tracker's own thresholded visibility; 'cotracker3': visibility_prob x confidence
     > 0.6 (strict), the rule of CoTracker3's evaluation.
@@ -111,7 +118,8 @@ def _run(
         visible = (out.visibility_prob.astype(np.float64) * out.confidence) > 0.6
     else:
         visible = out.visibility
-    return out.tracks[:, :keep], visible[:, :keep]
+    extras = {k: np.asarray(v)[:, :keep] for k, v in (getattr(out, "extras", None) or {}).items()}
+    return out.tracks[:, :keep], visible[:, :keep], extras
 
 
 def predict(
@@ -141,20 +149,28 @@ def predict(
     n = len(queries)
     tracks = np.full((t, n, 2), np.nan, np.float32)
     visible = np.zeros((t, n), bool)
+    extras: dict[str, np.ndarray] = {}  # [T, Q, ...] while filling, like tracks
     start = time.perf_counter()
     if n:
         video = ArrayVideo(frames, fps=25.0)
         grid = global_grid(model_hw, (h, w)) if support else np.zeros((0, 3))
         if protocol == "joint":
-            tracks[:], visible[:] = _run(tracker, video, np.concatenate([queries, grid]), n, occlusion_rule)
+            tracks[:], visible[:], extras = _run(tracker, video, np.concatenate([queries, grid]), n, occlusion_rule)
         else:
             for i, q in enumerate(queries):
                 local = local_grid(q[1:], model_hw, (h, w)) if support else np.zeros((0, 3))
                 batch = np.concatenate([q[None], local, grid])
-                tr, vis = _run(tracker, video, batch, 1, occlusion_rule)
+                tr, vis, ext = _run(tracker, video, batch, 1, occlusion_rule)
                 tracks[:, i], visible[:, i] = tr[:, 0], vis[:, 0]
+                for k, v in ext.items():
+                    if k not in extras:
+                        extras[k] = np.empty((t, n) + v.shape[2:], v.dtype)
+                    extras[k][:, i] = v[:, 0]
     seconds = time.perf_counter() - start
-    return Prediction(np.ascontiguousarray(tracks.transpose(1, 0, 2)), np.ascontiguousarray(~visible.T), seconds)
+    return Prediction(
+        np.ascontiguousarray(tracks.transpose(1, 0, 2)), np.ascontiguousarray(~visible.T), seconds,
+        {k: np.ascontiguousarray(np.swapaxes(v, 0, 1)) for k, v in extras.items()},
+    )
 
 
 def score(queries: Queries, pred: Prediction) -> dict[str, float]:
@@ -275,14 +291,27 @@ def evaluate_tracker(
     occlusion_rule: str = "tracker",
     support: bool = True,
     meta: dict | None = None,
+    oracle: bool = False,
 ) -> Iterator[VideoResult]:
-    """Yield a :class:`VideoResult` per video (first ``limit`` videos), optionally saving predictions."""
+    """Yield a :class:`VideoResult` per video (first ``limit`` videos), optionally saving predictions.
+
+    oracle: the tracker must return candidates (``ensemble:...``); each result's ``extra["comparison"]``
+    then holds the metrics of every teacher alone and of the per-frame oracle (see :mod:`.oracle`).
+    """
+    from .oracle import compare_candidates
+
+    names = list(getattr(tracker, "teacher_names", []))
     for video in islice(dataset.videos(), limit):
         queries = sample_queries(video, mode)
         pred = predict(tracker, video.frames, queries.query_points, protocol, model_hw, occlusion_rule, support)
         if save_dir is not None:
             save_prediction(save_dir, video, queries, pred, meta or {})
-        yield VideoResult(video.name, video.num_frames, len(queries), score(queries, pred), pred.seconds)
+        extra = {}
+        if oracle:
+            if "candidates" not in pred.extras and len(queries):
+                raise PtrackError(f"--oracle needs an ensemble model (ensemble:...); {tracker.name!r} returns no candidates")
+            extra["comparison"] = compare_candidates(queries, pred, names)
+        yield VideoResult(video.name, video.num_frames, len(queries), score(queries, pred), pred.seconds, extra)
 
 
 def score_directory(

@@ -10,16 +10,22 @@ Layout of a run folder::
     RUN_DIR/checkpoints/step_0000500.{safetensors,state.pt}   the last K saved steps
 
 ``last.*`` and ``best.*`` are hard links to the step files when the filesystem allows (no extra disk), else
-copies. Each file is first written under a temporary name and renamed, so a crash leaves the previous
-checkpoint intact; weights and state carry the step in their metadata and :func:`find_resumable` only
-accepts a pair whose steps agree.
+copies. Each file is first written under a temporary name in the same folder, fsynced and renamed
+(:func:`~pointtrack_cli.io.atomic.atomic_path`), so a process killed mid-write leaves the previous file
+intact (plus a ``.<name>.<random>.tmp.<ext>`` file, removed by the next resume or save), never a partial
+file under a checkpoint's name. A save writes several files one after the other, so a crash between them
+can leave a pair from two different saves: weights and state both carry the step and a per-save
+``save_id``, and :meth:`CheckpointManager.find_resumable` only accepts a pair whose step and id agree (the
+newest such pair).
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +78,7 @@ def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], metadata
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in state_dict.items()}
     meta = {"format": WEIGHTS_FORMAT, **{k: str(v) for k, v in metadata.items()}}
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=True) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return path
 
@@ -88,7 +94,7 @@ def weights_metadata(path: str | Path) -> dict[str, str]:
 def save_state(path: str | Path, state: dict) -> Path:
     """``torch.save`` of the training state (tensors and plain containers only), atomically."""
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=True) as tmp:
         torch.save(state, str(tmp))
     return path
 
@@ -104,7 +110,7 @@ def load_state(path: str | Path) -> dict:
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Make ``dst`` the same content as ``src`` atomically (hard link if possible, else a copy)."""
-    with atomic_path(dst) as tmp:
+    with atomic_path(dst, durable=True) as tmp:
         tmp.unlink()
         try:
             os.link(src, tmp)
@@ -114,6 +120,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # The run folder
+
+
+# Temporary names atomic_path gives the files below (".<stem>.<random>.tmp<suffix>"); a killed save leaves one.
+_TEMPORARY = re.compile(r"^\.(?:last|best|step_\d{7})(?:\.state)?\.[A-Za-z0-9_]+\.tmp\.(?:safetensors|pt|json)$")
 
 
 class CheckpointManager:
@@ -139,10 +149,15 @@ class CheckpointManager:
     def save(self, step: int, weights: dict[str, torch.Tensor], metadata: dict, state: dict) -> Path:
         """Write step ``step`` (weights + state), point ``last.*`` at it, prune old steps. Returns the weights path."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.remove_temporaries()
         w_path, s_path = self.step_paths(step)
-        save_weights(w_path, weights, {**metadata, "step": str(step)})
-        save_state(s_path, {**state, "step": int(step)})
+        # One id for both files: a pair mixed from two saves of the same step is then still detected.
+        save_id = uuid.uuid4().hex
+        save_weights(w_path, weights, {**metadata, "step": str(step), "save_id": save_id})
+        save_state(s_path, {**state, "step": int(step), "save_id": save_id})
+        # Crash here: last.* still agree (previous step); the new step pair is complete and newer.
         _link_or_copy(w_path, self.last[0])
+        # Crash here: last.* disagree (refused by find_resumable); the step pair is still complete.
         _link_or_copy(s_path, self.last[1])
         self._prune()
         return w_path
@@ -151,7 +166,7 @@ class CheckpointManager:
         """Copy/link the weights of a saved ``step`` to ``best.safetensors`` and write ``best.json``."""
         w_path, _ = self.step_paths(step)
         _link_or_copy(w_path, self.best[0])
-        with atomic_path(self.best[1]) as tmp:
+        with atomic_path(self.best[1], durable=True) as tmp:
             tmp.write_text(json.dumps({"step": int(step), **info}, indent=2))
 
     def saved_steps(self) -> list[int]:
@@ -167,22 +182,51 @@ class CheckpointManager:
 
     def _prune(self) -> None:
         for step in self.saved_steps()[: -self.keep_last]:
-            for p in self.step_paths(step):
-                p.unlink(missing_ok=True)
+            # State first: saved_steps() lists steps by their weights file, so a crash between the two
+            # unlinks leaves a step that the next prune still sees (not an orphan state file).
+            w_path, s_path = self.step_paths(step)
+            s_path.unlink(missing_ok=True)
+            w_path.unlink(missing_ok=True)
+
+    def temporaries(self) -> list[Path]:
+        """Temporary files of checkpoint writes that never finished (the writing process was killed)."""
+        found = []
+        for folder in (self.run_dir, self.dir):
+            if folder.is_dir():
+                found += [p for p in folder.iterdir() if _TEMPORARY.match(p.name)]
+        return sorted(found)
+
+    def remove_temporaries(self) -> int:
+        """Delete :meth:`temporaries` (only one process writes a run folder's checkpoints); returns how many."""
+        paths = self.temporaries()
+        for p in paths:
+            p.unlink(missing_ok=True)
+        return len(paths)
 
     def find_resumable(self) -> tuple[Path, Path, int] | None:
-        """``(weights, state, step)`` of the newest consistent pair: ``last.*`` if both agree, else a step pair."""
-        candidates = [self.last] + [self.step_paths(s) for s in reversed(self.saved_steps())]
-        for w, s in candidates:
+        """``(weights, state, step)`` of the newest consistent pair (``last.*`` or a step pair), or None.
+
+        A pair is consistent when both files read and carry the same step and ``save_id`` (files written
+        before ``save_id`` existed have none and are matched by step). The highest step wins, ``last.*`` on a tie:
+        a save killed before it re-linked ``last.*`` still left a complete, newer step pair.
+        """
+        # Order by the step in the weights' header (cheap), then read states (large) only until one matches.
+        headers = []
+        for w, s in [self.last] + [self.step_paths(k) for k in reversed(self.saved_steps())]:
             if not (w.is_file() and s.is_file()):
                 continue
             try:
-                step_w = int(weights_metadata(w).get("step", "-1"))
-                step_s = int(load_state(s).get("step", -2))
-            except (PtrackError, ValueError, OSError):
+                meta = weights_metadata(w)
+                headers.append((int(meta.get("step", "-1")), meta.get("save_id"), w, s))
+            except Exception:  # damaged or foreign safetensors header
                 continue
-            except Exception:  # damaged safetensors header
+        headers.sort(key=lambda h: -h[0])  # stable: last.* stays first among equal steps
+        for step_w, save_id, w, s in headers:
+            try:
+                state = load_state(s)
+                step_s = int(state.get("step", -2))
+            except (PtrackError, ValueError, TypeError, AttributeError):
                 continue
-            if step_w == step_s:
+            if step_w == step_s and save_id == state.get("save_id"):
                 return w, s, step_s
         return None

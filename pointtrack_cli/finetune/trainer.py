@@ -576,6 +576,10 @@ def run_finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Finet
         torch.manual_seed(cfg.seed + dist.rank)
         start_step, best = 0, None
         if cfg.resume:
+            if dist.main:
+                removed = ckpt.remove_temporaries()
+                if removed:
+                    log(f"removed {removed} partial checkpoint file(s) left by an interrupted save")
             found = ckpt.find_resumable()
             found = _broadcast_object(None if found is None else [str(found[0]), str(found[1]), found[2]], dist)
             if found is None:

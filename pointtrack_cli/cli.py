@@ -68,6 +68,9 @@ def track(
     no_support_grid: bool = typer.Option(False, "--no-support-grid", help="Do not add RealTracker's 6x6 support grid to explicit queries."),
     vis_threshold: Optional[float] = typer.Option(None, "--vis-threshold", help="Visibility threshold (default: the model's official one)."),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="RealTracker refinement iterations (default 6, as the official predictors; fewer is faster and less accurate)."),
+    features: Optional[str] = typer.Option(None, "--features", help="protracker: descriptors for the feature filter and keypoints: patch (default), sift, or realtracker (RealTracker's feature network; --weights or the Hub)."),
+    flow: Optional[str] = typer.Option(None, "--flow", help="protracker: optical flow: dis (default, = dis-medium), dis-fast, dis-ultrafast or farneback."),
+    mask_video: Optional[Path] = typer.Option(None, "--mask-video", help="protracker: folder of per-frame object masks (one image per video frame, name order); points queried on the object are occluded off it."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     precision: str = typer.Option("auto", "--precision", help="CUDA only: auto, fp32, bf16 or fp16 (CPU always fp32)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or summary."),
@@ -93,11 +96,13 @@ def track(
 
     ensure_out_dir(out_dir)  # fail before the long work, not after
     reader = open_video(video, start=start, end=end, stride=stride, max_size=max_size)
+    options = {k: v for k, v in (("features", features), ("flow", flow), ("mask_video", mask_video)) if v is not None}
     # Build the model (and fetch its weights) before any progress bar, so errors come first and alone.
     tracker = build_tracker(
         model, weights=str(weights) if weights else None, device=device, resolution=hw, backward=backward,
         precision=precision, quiet=quiet, vis_threshold=vis_threshold, iters=iters,
         support_grid=not no_support_grid and (queries is not None or bool(point) or mask is not None),
+        options=options or None,
     )
     t0 = time.perf_counter()
     with progress_bar(f"tracking ({model})", reader.num_frames, quiet) as advance:

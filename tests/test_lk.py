@@ -1,17 +1,19 @@
-"""The weight-free LK tracker recovers known sub-pixel motion and loses points that leave the frame."""
+"""The weight-free trackers (lk, protracker) recover known sub-pixel motion and lose points that leave the frame."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from conftest import VELOCITY
 from pointtrack_cli import load_tracks
 from pointtrack_cli.synthetic import translating_frames, translation_gt, write_mp4
 
 
-def test_lk_recovers_subpixel_translation(tmp_path, cli):
+@pytest.mark.parametrize("model", ["lk", "protracker"])
+def test_weight_free_tracker_recovers_subpixel_translation(tmp_path, cli, model):
     T, H, W, v = 40, 120, 160, (1.3, 0.45)
     video = write_mp4(translating_frames(T, H, W, v, seed=11), tmp_path / "shift.mp4", fps=20)
-    res = cli(["track", video, "--model", "lk", "--grid", 10, "--out", tmp_path / "out", "--quiet", "--no-overlay"])
+    res = cli(["track", video, "--model", model, "--grid", 10, "--out", tmp_path / "out", "--quiet", "--no-overlay"])
     assert res.exit_code == 0, res.output
     r = load_tracks(tmp_path / "out")
     gt = translation_gt(r.queries[:, 1:], T, v)

@@ -6,7 +6,10 @@ from ..errors import PtrackError
 
 __all__ = ["ArrayVideo", "FrameSource", "Tracker", "TrackOutput", "build_tracker", "tracker_ids"]
 
-WEIGHT_FREE = {"lk": "pyramidal Lucas-Kanade (OpenCV), forward-backward checked"}
+WEIGHT_FREE = {
+    "lk": "pyramidal Lucas-Kanade (OpenCV), forward-backward checked",
+    "protracker": "probabilistic integration of optical-flow chains and long-term keypoints (OpenCV DIS flow)",
+}
 
 
 def tracker_ids() -> list[str]:
@@ -41,6 +44,7 @@ def build_tracker(
     vis_threshold: float | None = None,
     support_grid: bool = True,
     iters: int | None = None,
+    options: dict | None = None,
 ) -> Tracker:
     """Build the tracker for model id ``model``.
 
@@ -48,11 +52,18 @@ def build_tracker(
     resolution: model input (h, w) in pixels for neural models; ``None`` keeps the model default.
     backward: also track before each query's frame (trackers that always do ignore it).
     iters: refinement iterations of iterative models (RealTracker: 6, as the official predictors).
+    options: model-specific keyword arguments; for ``protracker`` those of
+        :class:`~pointtrack_cli.trackers.protracker.ProTracker` (``features``, ``flow``, ``mask_video``, ...).
+        ``features="realtracker"`` takes RealTracker's feature network from ``weights`` or the Hub.
     """
+    if options and model != "protracker":
+        raise PtrackError(f"options {', '.join(sorted(options))} only apply to --model protracker, not {model!r}")
     if model == "lk":
         from .lk import LKTracker
 
         return LKTracker(backward=True)
+    if model == "protracker":
+        return _build_protracker(dict(options or {}), weights, device, quiet)
     from ..weights import registry
 
     entry = registry().get(model)
@@ -78,6 +89,26 @@ def build_tracker(
         tracker.weights_info = info
         return tracker
     raise PtrackError(f"model {model!r} has an unknown architecture {arch!r} in the weights registry")
+
+
+def _build_protracker(options: dict, weights: str | None, device: str, quiet: bool) -> Tracker:
+    """ProTracker; with ``features="realtracker"`` its descriptors come from RealTracker's ``fnet``."""
+    from .protracker import ProTracker, fnet_from_state_dict
+
+    info = None
+    if options.get("features") == "realtracker":
+        from ..weights import load_weights
+
+        sd, info = load_weights("realtracker-offline", weights, quiet=quiet)
+        options["fnet"] = fnet_from_state_dict(sd, source=str(info.get("path", "realtracker-offline")))
+        options.setdefault("device", resolve_device(device))
+        del sd
+    elif weights is not None:
+        raise PtrackError("--weights with --model protracker is only used by --features realtracker "
+                          "(the default features need no weights)")
+    tracker = ProTracker(**options)
+    tracker.weights_info = info
+    return tracker
 
 
 def resolve_precision(precision: str, device: str) -> str:

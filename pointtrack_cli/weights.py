@@ -40,10 +40,13 @@ def entry(model_id: str) -> dict:
 
 def _fetch_hint(e: dict, model_id: str) -> str:
     rev = f" --revision {e['revision']}" if e.get("revision") else ""
-    return (
+    hint = (
         f"on a machine with internet run `ptrack models download {model_id}` (or "
         f"`hf download {e['repo_id']} {e['filename']}{rev}`), copy the file here and pass --weights PATH"
     )
+    if e.get("kind") == "tracker":
+        hint += "; or track without weights: --model protracker (or lk)"
+    return hint
 
 
 def cached_path(model_id: str) -> Path | None:

@@ -113,3 +113,21 @@ def test_atomic_write_leaves_no_partial_file(out_dir, tmp_path, monkeypatch):
         writers.save_csv(r, tmp_path / "tracks.csv")
     assert not (tmp_path / "tracks.csv").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["tracks.npz"]
+
+
+def test_overlay_draws_discs_hollow_circles_and_visible_trails_only():
+    from pointtrack_cli.io.overlay import draw_frame
+
+    frame = np.zeros((40, 120, 3), np.uint8)
+    # Point 0 moves right along y=10, visible throughout; point 1 along y=30, occluded at frame 2 and 3.
+    xs = np.array([10.0, 30.0, 50.0, 70.0])
+    tracks = np.stack([np.stack([xs, np.full(4, 10.0)], -1), np.stack([xs, np.full(4, 30.0)], -1)], 1)
+    visible = np.array([[True, True], [True, True], [True, False], [True, False]])
+    valid = np.ones((4, 2), bool)
+    colours = np.array([[255, 0, 0], [0, 255, 0]], np.uint8)
+    out = draw_frame(frame, tracks, visible, valid, colours, 3, radius=3)
+    assert out[10, 40, 0] > 50  # trail of the visible point between frames 1 and 2
+    assert out[30, 40].max() == 0 and out[30, 60].max() == 0  # no trail through the occluded frames
+    assert out[30, 20, 1] > 50  # the part of its trail where it was visible remains
+    assert out[10, 70, 0] == 255  # visible: a filled disc at the current position
+    assert out[30, 70].max() == 0 and out[30, 73, 1] > 100  # occluded: a hollow circle

@@ -38,14 +38,15 @@ def draw_frame(
     """Draw frame ``t`` of ``tracks`` [T, N, 2] (original pixels) on ``frame`` [H, W, 3] RGB.
 
     ``valid`` [T, N] is False before a point's query frame and where coordinates are NaN: nothing is drawn
-    there. Visible points are filled discs, occluded ones hollow circles; trails fade with age.
+    there. Visible points are filled discs, occluded ones hollow circles; trails fade with age and join
+    only visible positions (estimates behind an occluder are guesses: their jumps would hide the motion).
     """
     out = frame.copy()
     shift = 4  # sub-pixel drawing: coordinates in 1/16 pixel
     scale = 1 << shift
     for age in range(min(TRAIL, t), 0, -1):
         a, b = t - age, t - age + 1
-        ok = valid[a] & valid[b]
+        ok = valid[a] & valid[b] & visible[a] & visible[b]
         if not ok.any():
             continue
         layer = out.copy()

@@ -329,17 +329,7 @@ def test_tapvid_nan_predictions_before_the_query(tmp_path, monkeypatch):
 # A neural tracker through the same interface (synthetic weights in the official key layout)
 
 
-def _realtracker_ready() -> bool:
-    import importlib
-
-    try:
-        return hasattr(importlib.import_module("pointtrack_cli.trackers.realtracker"), "build_realtracker")
-    except ImportError:
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _realtracker_ready(), reason="the RealTracker tracker is not built yet")
 def test_tapvid_realtracker_with_local_weights(tmp_path):
     import torch
     from realtracker_weights import fill_state_dict

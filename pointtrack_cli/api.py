@@ -17,6 +17,7 @@ from .errors import PtrackError
 from .io.video import VideoReader, open_video
 from .result import COORDINATES, TrackResult
 from .trackers import Tracker, build_tracker
+from .trackers.base import blank_before_query
 
 
 def build_queries(
@@ -97,9 +98,7 @@ def run_tracker(
     tracks = video.to_source(out.tracks.astype(np.float64))[:T]
     vis, prob, conf = out.visibility[:T].copy(), out.visibility_prob[:T], out.confidence[:T]
     if not tracker.backward:
-        before = np.arange(len(tracks))[:, None] < t_index[None, :]
-        tracks[before] = np.nan
-        vis[before] = False
+        blank_before_query(tracks, vis, t_index)
     return tracks.astype(np.float32), vis, prob, conf
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from . import selection as S
 from .errors import PtrackError
 from .result import COORDINATES, TrackResult, load_tracks
-from .trackers.base import ArrayVideo, FrameSource, ProgressFn, Tracker
+from .trackers.base import ArrayVideo, FrameSource, ProgressFn, Tracker, blank_before_query
 
 DEFAULT_TEACHERS = ("realtracker-offline", "realtracker-online", "realtracker-offline-kubric", "realtracker-online-kubric", "lk")
 if TYPE_CHECKING:  # torch is imported lazily (the weight-free paths do not need it)
@@ -285,7 +285,7 @@ def run_teachers(
     owns them, e.g. to reuse them on the next video). Queries are not validated here.
     """
     num_frames = video.num_frames
-    before = np.arange(num_frames)[:, None] < np.asarray(queries)[:, 0].astype(np.int64)[None, :]
+    q_index = np.asarray(queries)[:, 0].astype(np.int64)
     run = TeacherRun([], [], [], [], {})
     for t in teachers:
         name = t if isinstance(t, str) else t.name
@@ -298,9 +298,7 @@ def run_teachers(
         out = tracker.track(video, queries, progress=progress)
         tracks, vis = out.tracks[:num_frames].copy(), out.visibility[:num_frames].copy()
         if not tracker.backward:
-            # A forward-only teacher has no estimate before the query frame (same rule as api.run_tracker).
-            tracks[before] = np.nan
-            vis[before] = False
+            blank_before_query(tracks, vis, q_index)
         run.seconds[f"teacher {name}"] = time.perf_counter() - t1
         run.settings.append({"teacher": name, "settings": tracker.settings(),
                              "weights": tracker.weights_info or "none (weight-free tracker)"})

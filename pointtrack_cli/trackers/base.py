@@ -60,6 +60,16 @@ class TrackOutput:
                 raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {(t, n)}")
 
 
+def blank_before_query(tracks: np.ndarray, visibility: np.ndarray, query_index: np.ndarray) -> None:
+    """In place: a forward-only tracker has no estimate before each point's query frame.
+
+    tracks ``[T, N, 2]`` get NaN and visibility ``[T, N]`` False at frames ``t < query_index[n]``.
+    """
+    before = np.arange(len(tracks))[:, None] < np.asarray(query_index, np.int64)[None, :]
+    tracks[before] = np.nan
+    visibility[before] = False
+
+
 class Tracker(ABC):
     """Frames + queries in, tracks out.
 

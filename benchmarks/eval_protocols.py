@@ -1,6 +1,6 @@
 """Seconds per video for ``ptrack eval tapvid --protocol joint`` vs ``single`` on the mini DAVIS set.
 
-Usage: python benchmarks/eval_protocols.py [--model lk] [--data tests/fixtures/tapvid/mini_davis.pkl]
+Usage: python benchmarks/eval_protocols.py [--model lk] [--select median] [--data tests/fixtures/tapvid/mini_davis.pkl]
        [--dataset davis] [--mode first] [--limit K]
 
 ``joint`` tracks all queries of a video in one call (+ the 5x5 support grid); ``single`` makes one call
@@ -18,15 +18,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pointtrack_cli.api import build_tracker  # noqa: E402
 from pointtrack_cli.eval.datasets import open_dataset  # noqa: E402
 from pointtrack_cli.eval.metrics import mean_over_videos  # noqa: E402
 from pointtrack_cli.eval.runner import evaluate_tracker  # noqa: E402
-from pointtrack_cli.trackers import build_tracker  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="lk")
+    ap.add_argument("--model", default="lk", help="any model id, ensemble:... included (--select median: no weights)")
+    ap.add_argument("--select", default="verifier", help="with --model ensemble:...: verifier, random or median")
     ap.add_argument("--dataset", default="davis")
     ap.add_argument("--data", default=str(ROOT / "tests" / "fixtures" / "tapvid" / "mini_davis.pkl"))
     ap.add_argument("--mode", default="first", choices=["first", "strided"])
@@ -34,8 +35,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
+    # No support grid of the tracker's own: evaluate_tracker adds the protocol's support points.
     tracker = build_tracker(args.model, device=args.device, backward=args.mode == "strided", quiet=True,
-                            support_grid=False)
+                            support_grid=False, select=args.select)
     rows = {}
     for protocol in ("joint", "single"):
         ds = open_dataset(args.dataset, args.data)

@@ -4,8 +4,8 @@ Usage: python benchmarks/finetune_step.py [--device cpu|cuda|auto] [--resolution
        [--students offline,online] [--recipes random-teacher,verifier] [--steps 3] [--warmup 1]
 
 Speed only: the student, the RealTracker teacher and the verifier carry deterministic fill-rule weights (the
-tests' ``tests/realtracker_weights.py`` / ``tests/verifier_weights.py``: the real architectures and parameter
-counts, meaningless values), and the videos are generated (a translating texture). Presets:
+tests' ``tests/helpers/realtracker_weights.py`` / ``tests/helpers/verifier_weights.py``: the real architectures and
+parameter counts, meaningless values), and the videos are generated (a translating texture). Presets:
 
 * ``small`` (default on CPU): the tests' configuration - 48x64 frames, clips of 8 frames (16 for the online
   student, one full window), 6 query points, 1 student and 1 teacher iteration.
@@ -17,7 +17,8 @@ project's :class:`~pointtrack_cli.finetune.labels.LabelStore`, timing each label
 label cache, then (2) runs :func:`pointtrack_cli.finetune.run_finetune` for ``warmup + steps`` steps, which
 finds every label cached, and reports the per-step ``seconds`` of its ``metrics.jsonl`` after the warm-up. A step
 is what the training loop does per step: read the clip, load its cached labels, forward, loss, backward,
-gradient clipping, AdamW (checkpoint saves are not in it). The ``CPU s`` column is the process CPU time per
+gradient clipping, AdamW (checkpoint saves are not in it). The peak GPU memory is that of the whole run, which
+loads its teachers (and the verifier) before the first step, as a real run holds them. The ``CPU s`` column is the process CPU time per
 step: far above ``mean s x threads`` means the machine was busy. On a shared machine compare runs with
 ``--threads 1``: torch's threads wait for each other whenever the OS deschedules one of them, which made
 2-thread CPU steps 5-20x slower (and very noisy) on a loaded 2-core machine.
@@ -37,18 +38,23 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the fill-rule weight helpers
+sys.path.insert(0, str(ROOT))  # the package and tests.helpers (the fill-rule weights), run from anywhere
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every weight is local: never reach for the Hub
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
-from pointtrack_cli.finetune import FinetuneConfig, run_finetune  # noqa: E402
+from pointtrack_cli.device import resolve_device, resolve_precision  # noqa: E402
+from pointtrack_cli.finetune import FinetuneConfig, Reporter, run_finetune  # noqa: E402
 from pointtrack_cli.finetune import data as D  # noqa: E402
-from pointtrack_cli.finetune.labels import LabelStore, parse_teachers, weights_stamp  # noqa: E402
-from pointtrack_cli.finetune.trainer import DEFAULT_CLIP_LEN, Reporter, autocast_dtype  # noqa: E402
+from pointtrack_cli.finetune.config import DEFAULT_CLIP_LEN  # noqa: E402
+from pointtrack_cli.finetune.labels import LabelStore, weights_stamp  # noqa: E402
+from pointtrack_cli.finetune.trainer import teacher_specs  # noqa: E402
 from pointtrack_cli.synthetic import translating_frames, write_mp4  # noqa: E402
+from pointtrack_cli.weights.hub import load_weights  # noqa: E402
+from tests.helpers.realtracker_weights import fill_state_dict  # noqa: E402
+from tests.helpers.verifier_weights import fill_state_dict as fill_verifier  # noqa: E402
 
 STUDENTS = {"offline": "realtracker-offline", "online": "realtracker-online"}
 PRESETS = {
@@ -66,8 +72,6 @@ def sync(device: torch.device) -> None:
 
 def bench_device(cfg: FinetuneConfig) -> torch.device:
     """The device a run of ``cfg`` trains on (``cuda`` = the current GPU, as :func:`run_finetune` picks it)."""
-    from pointtrack_cli.trackers import resolve_device
-
     device = torch.device(resolve_device(cfg.device))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -76,11 +80,6 @@ def bench_device(cfg: FinetuneConfig) -> torch.device:
 
 def write_weights(folder: Path) -> dict[str, Path]:
     """Fill-rule RealTracker weights (both architectures, safetensors) and verifier weights (DDP-style .pt)."""
-    from safetensors.torch import save_file
-
-    from realtracker_weights import fill_state_dict
-    from verifier_weights import fill_state_dict as fill_verifier
-
     out = {}
     for kind, online in (("offline", False), ("online", True)):
         out[kind] = folder / f"realtracker_{kind}_fill.safetensors"
@@ -111,24 +110,17 @@ def label_everything(cfg: FinetuneConfig) -> dict[str, list[float]]:
     The store is built with the arguments :func:`run_finetune` gives its own, so the run finds them all cached.
     Models are loaded before the clock starts: labelling time is per clip, loading happens once per run.
     """
-    from pointtrack_cli.weights import load_weights
-
     device = bench_device(cfg)
     online, hw = cfg.online, tuple(cfg.resolution)
     videos, _ = D.discover_videos(cfg.videos_dir)
-    clips, _ = D.make_clips(videos, cfg.clip_len or DEFAULT_CLIP_LEN[online], cfg.frame_stride, cfg.max_clips_per_video,
-                            D.MIN_CLIP_FRAMES[online])
+    clips, _ = D.make_clips(videos, cfg.clip_length, cfg.frame_stride, cfg.max_clips_per_video, D.MIN_CLIP_FRAMES[online])
     sd0, _ = load_weights(cfg.student, cfg.student_weights, quiet=True)
-    specs = [s for s in parse_teachers(list(cfg.teachers or []))
-             if (s.model_id, s.weights) != (cfg.student, cfg.student_weights)]  # as run_finetune: listed once
+    specs = teacher_specs(cfg, lambda text: None)  # as run_finetune: the student's own weights listed once
     store = LabelStore(Path(cfg.out) / "labels", specs, (sd0, online, weights_stamp(cfg.student, cfg.student_weights)),
                        recipe=cfg.recipe, hw=hw, num_points=cfg.num_points, seed=cfg.seed, device=device,
-                       autocast_dtype=autocast_dtype(cfg, device), teacher_iters=cfg.teacher_iters,
-                       verifier_weights=cfg.verifier_weights)
-    for i in range(len(store.specs)):
-        store.teacher(i)
-    if cfg.recipe == "verifier":
-        store.verifier()
+                       precision=resolve_precision(cfg.precision, str(device), "finetune"),
+                       teacher_iters=cfg.teacher_iters, verifier_weights=cfg.verifier_weights)
+    store.load_models()
     times: dict[str, list[float]] = {}
 
     def timed(name: str, fn) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -31,6 +32,8 @@ sys.path.insert(0, str(ROOT))
 from pointtrack_cli.eval.datasets import open_dataset  # noqa: E402
 from pointtrack_cli.eval.metrics import mean_over_videos  # noqa: E402
 from pointtrack_cli.eval.runner import evaluate_tracker  # noqa: E402
+from pointtrack_cli.trackers.lk import LKTracker  # noqa: E402
+from pointtrack_cli.trackers.protracker import ProTracker  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "full": {},
@@ -192,11 +195,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch/OpenCV threads")
     args = ap.parse_args()
 
-    import torch
-
-    from pointtrack_cli.trackers.lk import LKTracker
-    from pointtrack_cli.trackers.protracker import ProTracker
-
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     sets: list[tuple[str, Path]] = []
@@ -214,7 +212,7 @@ def main() -> None:
         make_synthetic_set(out, args.synthetic_videos, args.synthetic_frames, args.synthetic_seed)
         sets.append((f"generated ({args.synthetic_videos}x{args.synthetic_frames} frames)", out))
 
-    rows = [(name, lambda kw=kw: ProTracker(flow=args.flow, **kw)) for name, kw in VARIANTS.items() if name in args.variants]
+    rows = [(name, lambda kw=kw: ProTracker.from_options(flow=args.flow, **kw)) for name, kw in VARIANTS.items() if name in args.variants]
     if not args.no_lk:
         rows.append(("lk", lambda: LKTracker(backward=True)))
     for set_name, path in sets:

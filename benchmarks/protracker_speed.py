@@ -17,11 +17,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pointtrack_cli.trackers.base import ArrayVideo  # noqa: E402
+from pointtrack_cli.io.video import ArrayVideo  # noqa: E402
 from pointtrack_cli.trackers.protracker import ProTracker  # noqa: E402
 
 VARIANTS = {
@@ -59,8 +60,6 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["full", "no-keypoints", "dis-fast"], choices=list(VARIANTS))
     args = ap.parse_args()
 
-    import torch
-
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     clip = make_clip(args.frames, args.size)
@@ -72,7 +71,7 @@ def main() -> None:
     for name in args.variants:
         for label, t in (("frame 0", 0), ("middle", args.frames // 2)):
             q = np.concatenate([np.full((len(xy), 1), float(t)), xy], 1)
-            tr = ProTracker(**VARIANTS[name])
+            tr = ProTracker.from_options(**VARIANTS[name])
             start = time.perf_counter()
             tr.track(ArrayVideo(clip), q)
             sec = time.perf_counter() - start

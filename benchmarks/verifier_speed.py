@@ -52,8 +52,7 @@ def child(args: argparse.Namespace) -> None:
 
     torch.manual_seed(0)
     if args.weights == "fill":
-        sys.path.insert(0, str(ROOT / "tests"))
-        from verifier_weights import fill_state_dict
+        from tests.helpers.verifier_weights import fill_state_dict
 
         model = load_verifier(fill_state_dict(), "fill rule")
     else:

@@ -4,19 +4,14 @@ Python API (the CLI is a thin layer over it)::
 
     from pointtrack_cli import track, load_tracks
     result = track("video.mp4", grid=20, model="lk")   # TrackResult, tracks [T, N, 2] in pixels
+
+The ensemble: ``pointtrack_cli.api.ensemble`` (the name ``pointtrack_cli.ensemble`` is its package).
+
+The package is laid out along the data path; see the README's "Architecture" section.
 """
-__version__ = "0.1.0"
+from .api import track, write_outputs
+from .errors import PtrackError
+from .result import TrackResult, load_tracks
+from .version import __version__
 
-from .errors import PtrackError  # noqa: E402
-from .result import TrackResult, load_tracks  # noqa: E402
-
-
-def track(*args, **kwargs):  # noqa: D103 - documented in api.track
-    from .api import track as _track
-
-    return _track(*args, **kwargs)
-
-
-track.__doc__ = "See :func:`pointtrack_cli.api.track`."
-
-__all__ = ["PtrackError", "TrackResult", "load_tracks", "track", "__version__"]
+__all__ = ["PtrackError", "TrackResult", "load_tracks", "track", "write_outputs", "__version__"]

@@ -1,60 +1,25 @@
-"""Query points: grids, masks, CSV/NPY/JSON files and ``--point t,x,y``.
+"""Query points from every source: grids, masks, CSV/NPY/JSON files and ``--point t,x,y``; checked against a video.
 
-Queries are float arrays ``[N, 3]`` with rows ``(t, x, y)``: ``t`` the frame index (after
-``--start``/``--stride`` selection), ``x, y`` pixels of the original video, (0, 0) = centre of the
-top-left pixel (the OpenCV convention).
+Queries are float arrays ``[N, 3]`` with rows ``(t, x, y)``: ``t`` a source frame number, ``x, y`` pixels of
+the original video, (0, 0) = centre of the top-left pixel (the OpenCV convention). Grids are placed as the
+official RealTracker predictor places them: at the model resolution, then mapped to the video.
 """
 from __future__ import annotations
 
+import csv
+import json
+from pathlib import Path
+from typing import Sequence
+
+import cv2
 import numpy as np
 
-MODEL_RESOLUTION = (384, 512)  # (h, w) the official RealTracker predictor places its grid at
+from .errors import PtrackError
+from .geometry import MODEL_RESOLUTION, model_to_input, official_grid
+from .io.video import Video
 
+DEFAULT_GRID = 10  # with no query source at all
 
-def official_grid(g: int, h: float, w: float) -> np.ndarray:
-    """The official ``get_points_on_a_grid(g, (h, w))``: ``[g*g, 2]`` (x, y), row-major (x fastest).
-
-    Margin ``w/64`` on both axes (sic), spanning ``[m, w - m]`` / ``[m, h - m]``; ``g == 1`` gives the
-    single point ``(w/2, h/2)``. Computed in float64.
-    """
-    if g < 1:
-        raise ValueError("grid size must be >= 1")
-    if g == 1:
-        return np.array([[w / 2.0, h / 2.0]], dtype=np.float64)
-    m = w / 64.0
-    xs = np.linspace(m, w - m, g)
-    ys = np.linspace(m, h - m, g)
-    gy, gx = np.meshgrid(ys, xs, indexing="ij")
-    return np.stack([gx.reshape(-1), gy.reshape(-1)], axis=-1)
-
-
-def model_to_input(xy: np.ndarray, model_hw: tuple[int, int], input_hw: tuple[int, int]) -> np.ndarray:
-    """Map pixel coordinates from the model frame to the input frame (align_corners=True resize).
-
-    ``x_in = x_m * (W - 1) / (w_m - 1)``, likewise for y, as the official predictor does.
-    """
-    (hm, wm), (H, W) = model_hw, input_hw
-    out = np.array(xy, dtype=np.float64, copy=True)
-    out[..., 0] *= (W - 1) / max(wm - 1, 1)
-    out[..., 1] *= (H - 1) / max(hm - 1, 1)
-    return out
-
-
-def input_to_model(xy: np.ndarray, model_hw: tuple[int, int], input_hw: tuple[int, int]) -> np.ndarray:
-    """Inverse of :func:`model_to_input`: ``x_m = x_in * (w_m - 1) / (W - 1)``."""
-    (hm, wm), (H, W) = model_hw, input_hw
-    out = np.array(xy, dtype=np.float64, copy=True)
-    out[..., 0] *= (wm - 1) / max(W - 1, 1)
-    out[..., 1] *= (hm - 1) / max(H - 1, 1)
-    return out
-
-
-# --- user query sources --------------------------------------------------------------------------
-import csv as _csv  # noqa: E402
-import json as _json  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from .errors import PtrackError  # noqa: E402
 
 
 def _check_rows(rows: np.ndarray, source: str) -> np.ndarray:
@@ -96,7 +61,7 @@ def load_query_file(path: str | Path) -> np.ndarray:
         return _check_rows(arr, str(path))
     if suffix == ".json":
         try:
-            data = _json.loads(path.read_text())
+            data = json.loads(path.read_text())
         except (ValueError, UnicodeDecodeError) as exc:
             raise PtrackError(f"{path} is not valid JSON: {exc}") from None
         rows = []
@@ -118,7 +83,7 @@ def load_query_file(path: str | Path) -> np.ndarray:
         lines = path.read_text().splitlines()
     except UnicodeDecodeError:
         raise PtrackError(f"{path} is not a text CSV file (expected header t,x,y)") from None
-    reader = _csv.reader(lines)
+    reader = csv.reader(lines)
     header = next(reader, None)
     cols = [c.strip().lower() for c in header] if header else []
     tcol = "t" if "t" in cols else ("frame" if "frame" in cols else None)
@@ -168,8 +133,6 @@ def grid_queries(
 
 def load_mask(path: str | Path, model_hw: tuple[int, int] = MODEL_RESOLUTION) -> np.ndarray:
     """Mask image -> ``[h_m, w_m]`` uint8 at the model resolution (nearest neighbour), non-zero = keep."""
-    import cv2
-
     path = Path(path)
     if not path.is_file():
         raise PtrackError(f"mask not found: {path} (check the path given to --mask)")
@@ -182,3 +145,63 @@ def load_mask(path: str | Path, model_hw: tuple[int, int] = MODEL_RESOLUTION) ->
         raise PtrackError(f"mask {path} is empty (all zero): mark the region to track with non-zero pixels")
     hm, wm = model_hw
     return cv2.resize((img > 0).astype(np.uint8), (wm, hm), interpolation=cv2.INTER_NEAREST)
+
+
+def build_queries(
+    video: Video,
+    *,
+    grid: int | None = None,
+    grid_frame: int | None = None,
+    mask: str | Path | None = None,
+    queries: str | Path | np.ndarray | None = None,
+    points: Sequence[str] = (),
+    model_hw: tuple[int, int] = MODEL_RESOLUTION,
+) -> tuple[np.ndarray, bool]:
+    """All query sources combined: ``([N, 3] (t, x, y) in source pixels with source frame numbers, explicit)``.
+
+    ``explicit`` is True when any point came from a file, ``--point`` or a mask (the official predictor then
+    adds its support grid). With no source at all, a 10x10 grid is used.
+    """
+    parts: list[np.ndarray] = []
+    explicit = False
+    if queries is not None:
+        parts.append(queries if isinstance(queries, np.ndarray) else load_query_file(queries))
+        explicit = True
+    for p in points:
+        parts.append(parse_point(p))
+        explicit = True
+    if grid is not None or mask is not None or not parts:
+        frame = int(video.frame_indices[0]) if grid_frame is None else int(grid_frame)
+        m = load_mask(mask, model_hw) if mask is not None else None
+        parts.append(grid_queries(DEFAULT_GRID if grid is None else grid, frame, video.source_size, model_hw, m))
+        explicit = explicit or mask is not None
+    q = np.concatenate([np.asarray(p, np.float64).reshape(-1, 3) for p in parts], axis=0)
+    return q, explicit
+
+
+def validate_queries(q: np.ndarray, video: Video) -> np.ndarray:
+    """Check queries against the video; returns each query's index into the selected frames ``[N]``."""
+    if not np.isfinite(q).all():
+        raise PtrackError("queries contain NaN or infinite values (give finite t, x, y)")
+    w, h = video.source_size
+    last = int(video.source_num_frames - 1)
+    for i, (t, x, y) in enumerate(q):
+        if t != int(t) or t < 0:
+            raise PtrackError(f"query {i}: frame {t:g} is not a frame number (use an integer >= 0)")
+        if t > last:
+            raise PtrackError(f"query {i}: frame {int(t)} is beyond the last frame ({last}) of the video")
+        if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
+            raise PtrackError(
+                f"query {i}: ({x:g}, {y:g}) is outside the {w}x{h} frame (x in [0, {w - 1}], y in [0, {h - 1}])"
+            )
+    pos = np.searchsorted(video.frame_indices, q[:, 0].astype(np.int64))
+    pos = np.clip(pos, 0, len(video.frame_indices) - 1)
+    missing = np.nonzero(video.frame_indices[pos] != q[:, 0].astype(np.int64))[0]
+    if len(missing):
+        i = int(missing[0])
+        raise PtrackError(
+            f"query {i}: frame {int(q[i, 0])} is not among the tracked frames "
+            f"({int(video.frame_indices[0])}..{int(video.frame_indices[-1])} step {video.frame_indices[1] - video.frame_indices[0] if len(video.frame_indices) > 1 else 1}); "
+            "adjust --start/--end/--stride or the query"
+        )
+    return pos

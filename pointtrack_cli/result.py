@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PtrackError
+from .version import __version__
 
 COORDINATES = "pixels of the original video, x then y; (0, 0) is the centre of the top-left pixel (OpenCV convention)"
 
@@ -23,6 +24,8 @@ class TrackResult:
     frame_indices: ``[T]`` int64 source frame numbers of the tracked frames (after --start/--stride).
     fps: frame rate of the source video; size: (w, h) of the source video.
     model: model id; meta: JSON-able dict (command, video, thresholds, weights source, ...).
+    extra_files: further arrays written beside ``tracks.npz``, ``{file name: {array name: array}}`` (an
+        ensemble's ``selection.npz``).
     """
 
     tracks: np.ndarray
@@ -36,10 +39,9 @@ class TrackResult:
     model: str
     meta: dict = field(default_factory=dict)
     ptrack_version: str = ""
+    extra_files: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from . import __version__
-
         self.tracks = np.asarray(self.tracks, np.float32)
         self.visibility = np.asarray(self.visibility, bool)
         self.visibility_prob = np.asarray(self.visibility_prob, np.float32)

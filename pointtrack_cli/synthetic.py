@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import cv2
+import imageio_ffmpeg
 import numpy as np
 
 
@@ -44,8 +45,6 @@ def translation_gt(points_xy: np.ndarray, num_frames: int, velocity: tuple[float
 
 def write_mp4(frames: Iterable[np.ndarray], path: str | Path, fps: float = 24.0, quality: int = 9) -> Path:
     """Encode RGB frames as H.264 MP4 (high quality by default, so tests measure tracking, not codec noise)."""
-    import imageio_ffmpeg
-
     path = Path(path)
     writer = None
     for frame in frames:

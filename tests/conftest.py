@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -14,12 +13,8 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="ptrack_test_hf_")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))  # helper modules (fill rules) next to the tests
-
 from pointtrack_cli.synthetic import translating_frames, write_mp4, write_png_folder  # noqa: E402
-
-VELOCITY = (0.7, 0.3)  # pixels per frame: sub-pixel motion
-T, H, W = 24, 96, 128
+from tests.helpers import VELOCITY, H, T, W, run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,16 +32,6 @@ def png_video(tmp_path_factory, frames) -> Path:
     return write_png_folder(frames, tmp_path_factory.mktemp("pngs") / "clip")
 
 
-def run_cli(args: list[str]):
-    """Run ``ptrack ARGS`` in-process; returns the click Result (exit_code, output)."""
-    from typer.testing import CliRunner
-
-    from pointtrack_cli.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 @pytest.fixture
 def cli():
     return run_cli
-

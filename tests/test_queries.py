@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pointtrack_cli.errors import PtrackError
-from pointtrack_cli.queries import grid_queries, load_mask, load_query_file, official_grid, parse_point
+from pointtrack_cli.geometry import official_grid
+from pointtrack_cli.queries import grid_queries, load_mask, load_query_file, parse_point
 
 
 def test_official_grid_placement():

@@ -22,16 +22,8 @@ from .datasets import (
     sample_queries_strided,
 )
 from .metrics import METRIC_NAMES, THRESHOLDS, compute_tapvid_metrics, mean_over_videos, video_metrics
-from .runner import (
-    PROTOCOLS,
-    Prediction,
-    VideoResult,
-    evaluate_tracker,
-    load_prediction,
-    predict,
-    save_prediction,
-    score_directory,
-)
+from .predictions import Prediction, load_prediction, save_prediction
+from .runner import PROTOCOLS, VideoResult, evaluate_tracker, predict, score_directory
 
 __all__ = [
     "DATASETS", "EVAL_SIZE", "METRIC_NAMES", "PROTOCOLS", "THRESHOLDS", "Prediction", "Queries", "TapVidDataset",

@@ -10,9 +10,11 @@ unpickler that accepts nothing but dicts, lists and NumPy arrays, so a crafted f
 """
 from __future__ import annotations
 
+import _codecs
 import math
 import pickle
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +23,17 @@ import cv2
 import numpy as np
 
 from ..errors import PtrackError
+
+# The array reconstructors a pickle names live in numpy._core from NumPy 2 on, in numpy.core before.
+try:
+    from numpy._core import multiarray as _multiarray
+except ImportError:  # pragma: no cover - NumPy 1.x
+    from numpy.core import multiarray as _multiarray
+# numpy.dtypes appeared in NumPy 1.25 (pyproject allows 1.24); without it no pickle can name its classes.
+try:
+    import numpy.dtypes as _np_dtypes
+except ImportError:  # pragma: no cover - NumPy 1.24
+    _np_dtypes = None
 
 DATASETS: tuple[str, ...] = ("davis", "rgb_stacking", "kinetics", "robotap")
 EVAL_SIZE = 256
@@ -44,25 +57,14 @@ def _numpy_global(module: str, name: str) -> Any:
     with either installed version.
     """
     if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in ("_reconstruct", "scalar"):
-        try:
-            from numpy._core import multiarray  # NumPy >= 2
-        except ImportError:  # pragma: no cover - NumPy 1.x
-            from numpy.core import multiarray
-        return getattr(multiarray, name)
+        return getattr(_multiarray, name)
     if module == "numpy" and name in ("ndarray", "dtype"):
         return getattr(np, name)
     if module == "numpy.dtypes" and name.endswith("DType"):
-        import numpy.dtypes
-
-        return getattr(numpy.dtypes, name, None)
-    mod = module
-    if (mod, name) == ("_codecs", "encode"):  # protocol-2 pickles store bytes through it
-        import _codecs
-
+        return getattr(_np_dtypes, name, None)
+    if (module, name) == ("_codecs", "encode"):  # protocol-2 pickles store bytes through it
         return _codecs.encode
-    if (mod, name) == ("collections", "OrderedDict"):
-        from collections import OrderedDict
-
+    if (module, name) == ("collections", "OrderedDict"):
         return OrderedDict
     return None
 

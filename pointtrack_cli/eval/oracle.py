@@ -2,7 +2,7 @@
 
 Input per video: the ensemble's candidates ``[Q, T, M, 2]`` (x, y at 256x256; NaN = the teacher gave no
 estimate) and each teacher's own visibility flags ``[Q, T, M]``, as
-:class:`~pointtrack_cli.trackers.ensemble.EnsembleTracker` returned them for the official queries.
+:class:`~pointtrack_cli.ensemble.tracker.EnsembleTracker` returned them for the official queries.
 Every number is computed by :func:`~.metrics.video_metrics` (the official metric code), never re-derived.
 
 Oracle, as the official evaluator (``evaluation/evaluator.py``) defines it: per query and frame the
@@ -29,7 +29,7 @@ import numpy as np
 
 from .datasets import Queries
 from .metrics import video_metrics
-from .runner import Prediction
+from .predictions import Prediction
 
 
 def oracle_tracks(candidates: np.ndarray, gt_tracks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,7 @@
-"""Reporting TAP-Vid results: rich tables, a JSON file with every number, and a PNG bar plot (OpenCV).
+"""Reporting TAP-Vid results as data: a JSON file with every number, the ensemble comparison rows, a PNG bar plot.
 
-Tables print the numbers x100 (as papers do); the JSON keeps the official fractions at full precision.
+The JSON keeps the official fractions at full precision; the terminal tables (numbers x100, as papers
+print them) are drawn by the command line (:mod:`pointtrack_cli.cli.eval`) from the same results.
 """
 from __future__ import annotations
 
@@ -11,59 +12,10 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
-from rich import box
-from rich.table import Table
 
-from .metrics import METRIC_NAMES, THRESHOLDS, mean_over_videos
+from ..io.atomic import atomic_path
+from .metrics import METRIC_NAMES, mean_over_videos
 from .runner import VideoResult
-
-
-def _pct(v: float) -> str:
-    return "nan" if v is None or not math.isfinite(v) else f"{100.0 * v:.1f}"
-
-
-def summary_table(results: Sequence[VideoResult], mean: dict[str, float], title: str) -> Table:
-    """Per-video AJ, delta_avg and OA (x100) with the mean over videos as the last row."""
-    timed = any(r.seconds is not None for r in results)
-    table = Table(title=title, show_footer=False)
-    table.add_column("video", overflow="fold")
-    table.add_column("frames", justify="right")
-    table.add_column("queries", justify="right")
-    for head in ("AJ", "<δ_avg", "OA"):
-        table.add_column(head, justify="right")
-    if timed:
-        table.add_column("s/video", justify="right")
-    keys = ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")
-    for r in results:
-        row = [r.name, str(r.num_frames), str(r.num_queries), *(_pct(r.metrics[k]) for k in keys)]
-        if timed:
-            row.append(f"{r.seconds:.2f}" if r.seconds is not None else "")
-        table.add_row(*row)
-    times = [r.seconds for r in results if r.seconds is not None]
-    mean_row = [
-        f"mean ({len(results)} videos)",
-        "",
-        str(sum(r.num_queries for r in results)),
-        *(_pct(mean[k]) for k in keys),
-    ]
-    if timed:
-        mean_row.append(f"{np.mean(times):.2f}" if times else "")
-    table.add_row(*mean_row, style="bold", end_section=True)
-    return table
-
-
-def threshold_table(results: Sequence[VideoResult], mean: dict[str, float], title: str) -> Table:
-    """Per-threshold values (x100): pts_within and jaccard at 1, 2, 4, 8, 16 px, per video and mean."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
-    # Numbers never wrap; a long video name is cut first so the table fits 80 columns.
-    table.add_column("video", overflow="ellipsis", no_wrap=True, min_width=6)
-    for head in [f"<δ{d}" for d in THRESHOLDS] + [f"J{d}" for d in THRESHOLDS]:
-        table.add_column(head, justify="right", no_wrap=True, min_width=5)
-    cols = [f"pts_within_{d}" for d in THRESHOLDS] + [f"jaccard_{d}" for d in THRESHOLDS]
-    for r in results:
-        table.add_row(r.name, *(_pct(r.metrics[k]) for k in cols))
-    table.add_row("mean", *(_pct(mean[k]) for k in cols), style="bold")
-    return table
 
 
 def comparison_rows(results: Sequence[VideoResult], ensemble_label: str) -> list[dict[str, Any]]:
@@ -77,20 +29,6 @@ def comparison_rows(results: Sequence[VideoResult], ensemble_label: str) -> list
     rows.append({"name": ensemble_label, "role": "ensemble", "mean": mean_over_videos([r.metrics for r in results])})
     rows.append({"name": "oracle", "role": "oracle", "mean": mean_over_videos([c["oracle"] for c in comps])})
     return rows
-
-
-def comparison_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
-    """AJ, <δ_avg and OA (x100, mean over videos) per row of :func:`comparison_rows`."""
-    table = Table(title=title)
-    table.add_column("candidate", overflow="fold")
-    table.add_column("role")
-    for head in ("AJ", "<δ_avg", "OA"):
-        table.add_column(head, justify="right")
-    keys = ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")
-    for row in rows:
-        style = "bold" if row["role"] != "teacher" else None
-        table.add_row(row["name"], row["role"], *(_pct(row["mean"][k]) for k in keys), style=style)
-    return table
 
 
 def _clean(v: Any) -> Any:
@@ -137,8 +75,6 @@ def results_payload(results: Sequence[VideoResult], meta: dict[str, Any]) -> dic
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` as indented JSON (atomically; NaN already mapped to null)."""
-    from ..io.atomic import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
@@ -169,8 +105,6 @@ def _ascii(s: str) -> str:
 
 def plot_bars(path: Path, results: Sequence[VideoResult], title: str) -> None:
     """Horizontal bars per video: AJ and <delta_avg (x100), the mean on top; written as PNG with OpenCV."""
-    from ..io.atomic import atomic_path
-
     mean = mean_over_videos([r.metrics for r in results])
     rows = [("mean", mean)] + [(r.name, r.metrics) for r in results]
     names = [_ascii(n if len(n) <= 40 else n[:37] + "...") for n, _ in rows]

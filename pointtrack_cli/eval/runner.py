@@ -15,10 +15,12 @@ Protocols:
   grid (50 model pixels wide) around the query and the 5x5 global grid, all queried at frame 0,
   placed in the model's input space (default 384x512) and mapped back to the 256x256 frames.
 Support points are added here, so trackers are built without their own support grid.
+
+The per-video record and its NPZ file are :mod:`.predictions`; the teachers-vs-oracle comparison of an
+ensemble is :mod:`.oracle`.
 """
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from itertools import islice
@@ -27,31 +29,19 @@ from typing import Iterator
 
 import numpy as np
 
-from .. import queries as Q
+from .. import geometry as G
 from ..errors import PtrackError
-from ..trackers.base import ArrayVideo, Tracker
-from .datasets import EVAL_SIZE, Queries, TapVidDataset, TapVidVideo, sample_queries
+from ..io.video import ArrayVideo
+from ..trackers.base import Tracker
+from .datasets import Queries, TapVidDataset, sample_queries
 from .metrics import video_metrics
+from .oracle import compare_candidates
+from .predictions import Prediction, load_prediction, prediction_filename, save_prediction, to_tracker_queries
 
 PROTOCOLS = ("joint", "single")
 LOCAL_GRID = 8
 LOCAL_EXTENT = 50.0  # model pixels
 GLOBAL_GRID = 5
-PREDICTION_FORMAT = "ptrack-tapvid-predictions-v1"
-
-
-@dataclass
-class Prediction:
-    """A tracker's answer for one video's queries: tracks ``[Q, T, 2]`` float32 (x, y) at 256x256, occluded ``[Q, T]``.
-
-    extras: per-query arrays ``[Q, T, ...]`` some trackers add (the ensemble's ``candidates [Q, T, M, 2]`` and
-    ``candidate_visibility [Q, T, M]``), taken from the same tracker calls and query slots as ``tracks``.
-    """
-
-    tracks: np.ndarray
-    occluded: np.ndarray
-    seconds: float = 0.0
-    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,8 +61,8 @@ def global_grid(model_hw: tuple[int, int], input_hw: tuple[int, int]) -> np.ndar
 
     Placed on the model's input frame (margin w/64) and mapped back with the align-corners scale.
     """
-    glob = Q.official_grid(GLOBAL_GRID, float(model_hw[0]), float(model_hw[1]))
-    xy = Q.model_to_input(glob, model_hw, input_hw)
+    glob = G.official_grid(GLOBAL_GRID, float(model_hw[0]), float(model_hw[1]))
+    xy = G.model_to_input(glob, model_hw, input_hw)
     return np.concatenate([np.zeros((len(xy), 1)), xy], axis=1)
 
 
@@ -82,16 +72,10 @@ def local_grid(query_xy: np.ndarray, model_hw: tuple[int, int], input_hw: tuple[
     query_xy: ``(x, y)`` in input pixels. The grid spans ``LOCAL_EXTENT`` model pixels centred on the
     query in model space (margin extent/64), so the tracker sees it where the official predictor puts it.
     """
-    qm = Q.input_to_model(np.asarray(query_xy, np.float64).reshape(1, 2), model_hw, input_hw)[0]
-    local = Q.official_grid(LOCAL_GRID, LOCAL_EXTENT, LOCAL_EXTENT) + (qm - LOCAL_EXTENT / 2.0)
-    xy = Q.model_to_input(local, model_hw, input_hw)
+    qm = G.input_to_model(np.asarray(query_xy, np.float64).reshape(1, 2), model_hw, input_hw)[0]
+    local = G.official_grid(LOCAL_GRID, LOCAL_EXTENT, LOCAL_EXTENT) + (qm - LOCAL_EXTENT / 2.0)
+    xy = G.model_to_input(local, model_hw, input_hw)
     return np.concatenate([np.zeros((len(xy), 1)), xy], axis=1)
-
-
-def to_tracker_queries(query_points: np.ndarray) -> np.ndarray:
-    """TAP-Vid ``(t, y, x)`` ``[Q, 3]`` -> ptrack ``(t, x, y)`` ``[Q, 3]`` (t rounded to a frame number)."""
-    qp = np.asarray(query_points, dtype=np.float64).reshape(-1, 3)
-    return np.stack([np.round(qp[:, 0]), qp[:, 2], qp[:, 1]], axis=-1)
 
 
 OCCLUSION_RULES = ("tracker", "cotracker3")
@@ -102,7 +86,7 @@ def _run(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """One tracker call; returns (tracks ``[T, keep, 2]``, visible ``[T, keep]``, extras ``{k: [T, keep, ...]}``)
     for the first ``keep`` queries (support points dropped). ``extras`` is the output's ``extras`` dict when the
-    tracker returns one (:class:`~pointtrack_cli.trackers.ensemble.EnsembleTrackOutput`), else empty.
+    tracker returns one (:class:`~pointtrack_cli.ensemble.tracker.EnsembleTrackOutput`), else empty.
 
     rule 'tracker': the tracker's own thresholded visibility; 'cotracker3': visibility_prob x confidence
     > 0.6 (strict), the rule of CoTracker3's evaluation.
@@ -127,7 +111,7 @@ def predict(
     frames: np.ndarray,
     query_points: np.ndarray,
     protocol: str = "joint",
-    model_hw: tuple[int, int] = Q.MODEL_RESOLUTION,
+    model_hw: tuple[int, int] = G.MODEL_RESOLUTION,
     occlusion_rule: str = "tracker",
     support: bool = True,
 ) -> Prediction:
@@ -181,101 +165,6 @@ def score(queries: Queries, pred: Prediction) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Prediction files: one NPZ per video
-
-
-def prediction_filename(video_name: str) -> str:
-    """``<name>.npz`` with characters outside ``[A-Za-z0-9._-]`` replaced, so any video name is a safe file name."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", video_name).lstrip(".") or "video"
-    return f"{safe}.npz"
-
-
-def save_prediction(
-    out_dir: Path, video: TapVidVideo, queries: Queries, pred: Prediction, meta: dict[str, str | int | float]
-) -> Path:
-    """Write ``<out_dir>/<video>.npz``.
-
-    Keys: ``tracks [T, Q, 2]`` float32 (x, y) and ``occluded [T, Q]`` bool, frames first as ``ptrack track``
-    writes them, in 256x256 pixels; ``query_points [Q, 3]`` (t, y, x) as TAP-Vid orders them;
-    ``queries [Q, 3]`` (t, x, y) as given to the tracker; ``trackgroup [Q]`` the source track of each
-    query; ``video_name``, ``query_mode``, ``layout`` (= "TQ") and the run's metadata strings.
-    """
-    from ..io.atomic import atomic_path
-
-    path = Path(out_dir) / prediction_filename(video.name)
-    arrays = {
-        "tracks": pred.tracks.transpose(1, 0, 2).astype(np.float32),
-        "occluded": pred.occluded.T.astype(bool),
-        "query_points": queries.query_points.astype(np.float64),
-        "queries": to_tracker_queries(queries.query_points),
-        "trackgroup": queries.trackgroup.astype(np.int64),
-        "video_name": np.array(video.name),
-        "query_mode": np.array(queries.mode),
-        "layout": np.array("TQ"),
-        "format": np.array(PREDICTION_FORMAT),
-        "image_size": np.array([EVAL_SIZE, EVAL_SIZE]),
-    }
-    for k, v in meta.items():
-        arrays[k] = np.array(v)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-    return path
-
-
-def _to_qt(arr: np.ndarray, q: int, t: int, key: str, layout: str | None, path: Path, trailing: tuple) -> np.ndarray:
-    """Bring a prediction array to ``[Q, T, ...]`` from frames-first ``[T, Q, ...]`` or TAP-Vid ``[Q, T, ...]``."""
-    a = arr[0] if arr.ndim == 2 + len(trailing) + 1 and arr.shape[0] == 1 else arr  # drop a batch axis of 1
-    if a.shape[2:] != trailing or a.ndim != 2 + len(trailing):
-        raise PtrackError(f"{path}: '{key}' has shape {arr.shape}; expected [T, Q{', 2' if trailing else ''}]")
-    if layout == "QT" or (layout is None and a.shape[:2] == (q, t) and q != t):
-        a = a.swapaxes(0, 1)
-    if a.shape[:2] != (t, q):
-        raise PtrackError(
-            f"{path}: '{key}' has shape {arr.shape} but the video has {t} frames and {q} queries "
-            "(were the predictions made with another --mode or dataset?)"
-        )
-    return a.swapaxes(0, 1)
-
-
-def load_prediction(path: Path, queries: Queries, num_frames: int) -> Prediction:
-    """Read one prediction NPZ and check it against the video's queries.
-
-    Accepts ``tracks`` ``[T, Q, 2]`` (frames first, ``layout`` "TQ" or absent) or ``[Q, T, 2]`` (TAP-Vid
-    order, ``layout`` "QT", or inferred when Q != T), with an optional leading batch axis of 1, and
-    ``occluded`` (or ``visibility``, its negation) shaped alike. Coordinates are 256x256 pixels (x, y).
-    """
-    try:
-        z = np.load(path, allow_pickle=False)
-        data = {k: z[k] for k in z.files}
-    except Exception as exc:
-        raise PtrackError(f"cannot read predictions {path}: {exc} (expected an .npz file)") from None
-    layout = str(data["layout"]).upper() if "layout" in data else None
-    if layout not in (None, "TQ", "QT"):
-        raise PtrackError(f"{path}: unknown layout {layout!r} (use 'TQ' for [T, Q, 2] or 'QT' for [Q, T, 2])")
-    if "tracks" not in data:
-        raise PtrackError(f"{path}: no 'tracks' array (expected keys tracks and occluded)")
-    q, t = len(queries), num_frames
-    if "query_mode" in data and str(data["query_mode"]) != queries.mode:
-        raise PtrackError(f"{path} holds predictions for --mode {data['query_mode']}, not {queries.mode}")
-    if "query_points" in data:
-        qp = np.asarray(data["query_points"], np.float64).reshape(-1, 3)
-        if qp.shape != queries.query_points.shape or not np.allclose(qp, queries.query_points, atol=1e-3):
-            raise PtrackError(
-                f"{path}: its query_points differ from this dataset's {queries.mode} queries "
-                "(another video, --mode or --gt-scale?)"
-            )
-    tracks = _to_qt(np.asarray(data["tracks"]), q, t, "tracks", layout, path, (2,)).astype(np.float64)
-    if "occluded" in data:
-        occ = _to_qt(np.asarray(data["occluded"]), q, t, "occluded", layout, path, ()).astype(bool)
-    elif "visibility" in data:
-        occ = ~_to_qt(np.asarray(data["visibility"]), q, t, "visibility", layout, path, ()).astype(bool)
-    else:
-        raise PtrackError(f"{path}: no 'occluded' (or 'visibility') array")
-    return Prediction(tracks, occ)
-
-
-# ---------------------------------------------------------------------------------------------
 # Whole-dataset loops (generators, so the caller can drive a progress bar)
 
 
@@ -287,7 +176,7 @@ def evaluate_tracker(
     *,
     limit: int | None = None,
     save_dir: Path | None = None,
-    model_hw: tuple[int, int] = Q.MODEL_RESOLUTION,
+    model_hw: tuple[int, int] = G.MODEL_RESOLUTION,
     occlusion_rule: str = "tracker",
     support: bool = True,
     meta: dict | None = None,
@@ -298,8 +187,6 @@ def evaluate_tracker(
     oracle: the tracker must return candidates (``ensemble:...``); each result's ``extra["comparison"]``
     then holds the metrics of every teacher alone and of the per-frame oracle (see :mod:`.oracle`).
     """
-    from .oracle import compare_candidates
-
     names = list(getattr(tracker, "teacher_names", []))
     for video in islice(dataset.videos(), limit):
         queries = sample_queries(video, mode)

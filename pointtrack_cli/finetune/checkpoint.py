@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..errors import PtrackError
 from ..io.atomic import atomic_path
@@ -73,8 +75,6 @@ def set_rng_state(state: dict) -> None:
 
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
     """Write ``state_dict`` (official keys, float32) as safetensors, atomically; metadata values are strings."""
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in state_dict.items()}
     meta = {"format": WEIGHTS_FORMAT, **{k: str(v) for k, v in metadata.items()}}
     path = Path(path)
@@ -85,8 +85,6 @@ def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], metadata
 
 def weights_metadata(path: str | Path) -> dict[str, str]:
     """The metadata block of a safetensors file (empty dict if none)."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
 

@@ -17,8 +17,9 @@ Recipes:
 * ``random-teacher``: one teacher's labels (the trainer draws the teacher per batch).
 * ``verifier`` (Track-On-R): every teacher's tracks become candidates; per (frame, point) the verifier's
   arg-max candidate is the pseudo-track, the strict majority of the teachers' flags the pseudo-visibility
-  (``pointtrack_cli.selection``). The verifier runs under fp16 autocast on CUDA (as the official
-  pipeline), fp32 on CPU.
+  (:mod:`pointtrack_cli.ensemble.selection`), scored by :func:`pointtrack_cli.ensemble.verifier.run_verifier`
+  (fp16 autocast on CUDA as the official pipeline, fp32 on CPU: the ``verifier`` default of
+  :mod:`pointtrack_cli.device`).
 
 Cache: one NPZ per (clip, teacher) and per (clip, verifier selection), written atomically under
 ``labels/<clip_id>/``. Each file stores a JSON ``key`` describing everything that determines it (clip,
@@ -41,8 +42,17 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..device import autocast, resolve_precision
+from ..ensemble.selection import fill_for_verifier, select_verifier
+from ..ensemble.verifier import build_verifier, load_verifier_weights, run_verifier
 from ..errors import PtrackError
+from ..geometry import official_grid
 from ..io.atomic import atomic_path
+from ..io.video import ArrayVideo
+from ..models.realtracker import load_realtracker
+from ..trackers.registry import build_tracker, tracker_ids
+from ..weights.hub import load_weights
+from ..weights.registry import registry
 from .data import Clip
 from .sampling import random_queries, sift_queries
 
@@ -99,8 +109,6 @@ def weights_stamp(model_id: str, weights: str | None) -> dict:
     """Identity of a teacher's weights for the cache key (local file with size/time, or the registry entry)."""
     if weights:
         return {"file": str(Path(weights).resolve()), "stamp": file_stamp(weights)}
-    from ..weights import registry
-
     e = registry().get(model_id, {})
     return {"hub": f"{e.get('repo_id')}/{e.get('filename')}@{e.get('revision') or 'main'}"} if e else {"id": model_id}
 
@@ -125,8 +133,6 @@ class TeacherSpec:
 
 def parse_teachers(items: list[str]) -> list[TeacherSpec]:
     """``["realtracker-offline", "lk", "realtracker-online=ft.safetensors"]`` -> specs (names made unique)."""
-    from ..trackers import tracker_ids
-
     known = tracker_ids()
     out: list[TeacherSpec] = []
     names: set[str] = {STUDENT_INIT}
@@ -147,14 +153,10 @@ def parse_teachers(items: list[str]) -> list[TeacherSpec]:
 
 def is_realtracker(model_id: str) -> bool:
     """True when ``model_id`` is a RealTracker checkpoint (called as the raw model)."""
-    from ..weights import registry
-
     return str(registry().get(model_id, {}).get("architecture", "")).startswith("realtracker-")
 
 
 def realtracker_online(model_id: str) -> bool:
-    from ..weights import registry
-
     return registry()[model_id]["architecture"] == "realtracker-online"
 
 
@@ -171,17 +173,15 @@ class Teacher:
 class RealTrackerTeacher(Teacher):
     """Raw RealTracker forward (spec sec. 14): teacher-only extra queries, ``iters`` iterations, ``vis > 0.9``."""
 
-    def __init__(self, name: str, model, key: dict, device: torch.device, autocast_dtype: torch.dtype | None,
+    def __init__(self, name: str, model, key: dict, device: torch.device, precision: str = "fp32",
                  iters: int = TEACHER_ITERS, vis_threshold: float = TEACHER_VIS_THRESHOLD) -> None:
         self.name, self.key = name, dict(key, iters=iters, vis_threshold=vis_threshold, online=bool(model.online))
         self.model = model.to(device).eval().requires_grad_(False)
-        self.device, self.autocast_dtype = device, autocast_dtype
+        self.device, self.precision = device, precision  # resolved: fp32, bf16 or fp16
         self.iters, self.vis_threshold = iters, vis_threshold
 
     def extra_queries(self, num_frames: int, hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
         """Online: the official 5x5 grid at frame 0; offline: 100 uniform random ``(t, x, y)``."""
-        from ..queries import official_grid
-
         h, w = hw
         if self.model.online:
             g = official_grid(ONLINE_EXTRA_GRID, float(h), float(w))
@@ -195,8 +195,7 @@ class RealTrackerTeacher(Teacher):
         self.model.model_resolution = (h, w)  # displacements normalised by the size the model sees
         q = np.concatenate([np.asarray(queries, np.float32), self.extra_queries(t, (h, w), rng)], axis=0)
         video = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float()[None]
-        ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else contextlib.nullcontext()
-        with ctx:
+        with autocast(str(self.device), self.precision):
             coords, vis, _, _ = self.model(video, torch.from_numpy(q).to(self.device)[None], iters=self.iters)
         tracks = coords[0, :, :n].float().cpu().numpy()
         visible = (vis[0, :, :n].float() > self.vis_threshold).cpu().numpy()
@@ -213,30 +212,22 @@ class TrackerTeacher(Teacher):
         self.key = dict(key, settings=json.loads(json.dumps(tracker.settings(), default=str)))
 
     def predict(self, frames: np.ndarray, queries: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        from ..trackers.base import ArrayVideo
-
         out = self.tracker.track(ArrayVideo(frames), np.asarray(queries, np.float64))
         return out.tracks.astype(np.float32), out.visibility.astype(bool)
 
 
 def load_realtracker_model(sd: dict, online: bool, source: str, hw: tuple[int, int]):
-    from ..models.realtracker import load_realtracker
-
     return load_realtracker(sd, online=online, source=source, model_resolution=hw)
 
 
-def build_teacher(spec: TeacherSpec, hw: tuple[int, int], device: torch.device, autocast_dtype: torch.dtype | None,
+def build_teacher(spec: TeacherSpec, hw: tuple[int, int], device: torch.device, precision: str = "fp32",
                   iters: int = TEACHER_ITERS) -> Teacher:
-    """Load one teacher (weights from ``spec.weights`` or the Hub cache)."""
+    """Load one teacher (weights from ``spec.weights`` or the Hub cache); ``precision`` (resolved) of RealTrackers."""
     key = {"teacher": spec.name, "model_id": spec.model_id, "weights": weights_stamp(spec.model_id, spec.weights)}
     if is_realtracker(spec.model_id):
-        from ..weights import load_weights
-
         sd, info = load_weights(spec.model_id, spec.weights, quiet=True)
         model = load_realtracker_model(sd, realtracker_online(spec.model_id), str(info.get("path", spec.model_id)), hw)
-        return RealTrackerTeacher(spec.name, model, key, device, autocast_dtype, iters)
-    from ..trackers import build_tracker
-
+        return RealTrackerTeacher(spec.name, model, key, device, precision, iters)
     tracker = build_tracker(spec.model_id, weights=spec.weights, device=str(device), resolution=hw, backward=True,
                             quiet=True, support_grid=True)
     return TrackerTeacher(spec.name, tracker, key)
@@ -310,6 +301,7 @@ class LabelStore:
 
     teachers: specs in candidate order (the student's starting weights first, as ``student-init``);
     student_init: ``(state_dict, online, source_key)`` of the student's starting weights.
+    precision: resolved precision of the RealTracker teachers (``fp32``, ``bf16``, ``fp16``; the trainer's).
     verifier_weights: path or None (Hub) for the verifier recipe.
     """
 
@@ -324,7 +316,7 @@ class LabelStore:
         num_points: int,
         seed: int,
         device: torch.device,
-        autocast_dtype: torch.dtype | None = None,
+        precision: str = "fp32",
         teacher_iters: int = TEACHER_ITERS,
         verifier_weights: str | None = None,
         relabel: bool = False,
@@ -337,7 +329,7 @@ class LabelStore:
         self.specs = [TeacherSpec(STUDENT_INIT, "student", None)] + list(teachers)
         self.student_init = student_init
         self.recipe, self.hw, self.num_points, self.seed = recipe, tuple(hw), num_points, seed
-        self.device, self.autocast_dtype, self.teacher_iters = device, autocast_dtype, teacher_iters
+        self.device, self.precision, self.teacher_iters = device, precision, teacher_iters
         self.verifier_weights, self.relabel = verifier_weights, relabel
         self.log = log or (lambda s: None)
         self._teachers: dict[str, Teacher] = {}
@@ -350,7 +342,18 @@ class LabelStore:
     def teacher_names(self) -> list[str]:
         return [s.name for s in self.specs]
 
-    # ---- models (loaded lazily: a run whose labels are all cached loads none) ---------------------
+    # ---- models (loaded on first use, or all at once by load_models) -------------------------------
+
+    def load_models(self) -> None:
+        """Load every teacher (and the verifier for its recipe) now: a missing, damaged or mismatched checkpoint
+        then stops the run before its first step, not when the teacher is first drawn."""
+        for i, spec in enumerate(self.specs):
+            try:
+                self.teacher(i)
+            except PtrackError as exc:
+                raise PtrackError(f"teacher {spec.name}: {exc}") from None
+        if self.recipe == "verifier":
+            self.verifier()
 
     def teacher(self, index: int) -> Teacher:
         spec = self.specs[index]
@@ -361,21 +364,17 @@ class LabelStore:
                     model = load_realtracker_model(sd, online, "student starting weights", self.hw)
                     key = {"teacher": STUDENT_INIT, "model_id": "student", "weights": stamp}
                     self._teachers[spec.name] = RealTrackerTeacher(STUDENT_INIT, model, key, self.device,
-                                                                   self.autocast_dtype, self.teacher_iters)
+                                                                   self.precision, self.teacher_iters)
                 else:
-                    self._teachers[spec.name] = build_teacher(spec, self.hw, self.device, self.autocast_dtype,
+                    self._teachers[spec.name] = build_teacher(spec, self.hw, self.device, self.precision,
                                                               self.teacher_iters)
             self.log(f"loaded teacher {spec.name}")
         return self._teachers[spec.name]
 
     def verifier(self):
         if self._verifier is None:
-            from ..models.verifier import load_verifier
-            from ..weights import load_weights
-
             with preserved_rng():
-                sd, info = load_weights("verifier", self.verifier_weights, quiet=True)
-                self._verifier = load_verifier(sd, str(info.get("path") or "verifier weights")).to(self.device)
+                self._verifier = build_verifier(load_verifier_weights(self.verifier_weights, hint="or use --recipe random-teacher"), self.device)
             self.log("loaded verifier")
         return self._verifier
 
@@ -440,8 +439,6 @@ class LabelStore:
 
     def verifier_labels(self, clip: Clip, frames: Callable[[], np.ndarray]) -> ClipLabels:
         """Track-On-R labels: verifier arg-max among all teachers, majority-vote visibility."""
-        from ..selection import fill_for_verifier, select_verifier
-
         key = dict(self._clip_key(clip), verifier=weights_stamp("verifier", self.verifier_weights),
                    teachers=[self._teacher_key(clip, i)["teacher"] for i in range(len(self.specs))])
         path = self.path(clip, "verifier")
@@ -470,13 +467,10 @@ class LabelStore:
             filled, absent = fill_for_verifier(cand, queries)
             video = read()
             model = self.verifier()
-            ctx = contextlib.nullcontext()
-            if self.device.type == "cuda":
-                ctx = torch.autocast("cuda", dtype=torch.float16)  # the official pipeline's precision
-            with preserved_rng(), torch.inference_mode(), ctx:
-                logits = model(video, torch.from_numpy(filled), torch.from_numpy(queries.astype(np.float32)),
-                               torch.from_numpy(absent) if absent.any() else None)
-            sel = select_verifier(cand, vis, logits.float().cpu().numpy(), absent)
+            precision = resolve_precision("auto", str(self.device), "verifier")  # the official pipeline's
+            with preserved_rng():
+                logits = run_verifier(video, filled, queries, absent, model, self.device, precision)
+            sel = select_verifier(cand, vis, logits, absent)
             valid = sel.chosen >= 0
             labels = ClipLabels(queries, np.nan_to_num(sel.tracks, nan=0.0), sel.visibility & valid, valid, "verifier",
                                 enough, sel.chosen, tuple(self.teacher_names))

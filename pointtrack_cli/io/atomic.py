@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import PtrackError
+
 
 def _fsync_path(path: Path) -> None:
     """Flush a file's data to the device (opened for writing where the OS requires it to flush)."""
@@ -62,8 +64,6 @@ def atomic_path(target: str | Path, *, durable: bool = False) -> Iterator[Path]:
 
 def ensure_out_dir(out_dir: str | Path) -> Path:
     """Create the output folder if needed and check that it is writable."""
-    from ..errors import PtrackError
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise PtrackError(f"output path {out} exists and is not a folder (choose another --out)")

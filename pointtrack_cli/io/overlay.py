@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Iterable
 
 import cv2
+import imageio_ffmpeg
 import numpy as np
 
 from .atomic import atomic_path
@@ -82,8 +83,6 @@ def write_overlay(
     frames: iterable of ``[H, W, 3]`` uint8 RGB at the original size, matching ``tracks`` [T, N, 2].
     query_index: ``[N]`` index (into T) of each point's query frame.
     """
-    import imageio_ffmpeg
-
     path = Path(path)
     T = tracks.shape[0]
     finite = np.isfinite(tracks).all(axis=-1)

@@ -1,8 +1,10 @@
-"""Streaming video input: any file ffmpeg reads (through imageio-ffmpeg) or a folder of numbered images.
+"""Video input, one family: :class:`VideoReader` streams a file or image folder; :class:`ArrayVideo` holds frames in memory.
 
-Frames come out one at a time as ``[H, W, 3]`` uint8 RGB, so memory does not grow with video length.
-``start``/``end``/``stride`` select source frames; ``max_size`` shrinks the longer side before tracking
-(coordinates are mapped back with :meth:`VideoReader.to_source`).
+Both are the :class:`Video` every tracker takes: frames ``[H, W, 3]`` uint8 RGB in order (``__iter__``) or
+all at once (``read_all``), plus where they came from: ``frame_indices`` (source frame numbers after
+``start``/``end``/``stride``), ``source_size`` (w, h) and the pixel maps ``to_source``/``from_source`` for the
+``max_size`` downscale. ``VideoReader.decode()`` reads a selection once into an ``ArrayVideo`` that keeps
+this provenance (what the ensemble needs: every teacher, the verifier and the overlay see the same frames).
 """
 from __future__ import annotations
 
@@ -11,7 +13,11 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+import subprocess
+from typing import Callable
+
 import cv2
+import imageio_ffmpeg
 import numpy as np
 
 from ..errors import PtrackError
@@ -19,7 +25,7 @@ from ..errors import PtrackError
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def _numbered_images(folder: Path) -> list[Path]:
+def numbered_images(folder: Path) -> list[Path]:
     """Image files of a folder in frame order (numeric part of the name, then the name)."""
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
 
@@ -32,10 +38,6 @@ def _numbered_images(folder: Path) -> list[Path]:
 
 def _count_frames(path: str) -> int:
     """Frame count by stream copy (no decoding: much faster than imageio's decode-based count)."""
-    import subprocess
-
-    import imageio_ffmpeg
-
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-i", path, "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:
@@ -44,13 +46,55 @@ def _count_frames(path: str) -> int:
     return int(counts[-1]) if counts else 0
 
 
-class VideoReader:
-    """A :class:`~pointtrack_cli.trackers.base.FrameSource` over a video file or image folder.
+class Video:
+    """Frames and their provenance (see the module docstring); subclasses provide the frames.
 
-    Attributes (after selection and resizing): ``num_frames``, ``height``, ``width``, ``fps``;
+    Attributes (after selection and resizing): ``num_frames``, ``height``, ``width``, ``fps``; ``path``;
     ``frame_indices`` ``[T]`` source frame numbers; ``source_size`` (w, h) of the original video;
-    ``source_num_frames`` frames in the file.
+    ``source_num_frames`` frames in the source; ``scale`` the ``max_size`` factor (1.0: original pixels).
     """
+
+    path: Path
+    fps: float
+    num_frames: int
+    height: int
+    width: int
+    frame_indices: np.ndarray
+    source_size: tuple[int, int]
+    source_num_frames: int
+    scale: float = 1.0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Yield frames ``[H, W, 3]`` uint8 RGB, in order, one at a time."""
+        raise NotImplementedError
+
+    def read_all(self) -> np.ndarray:
+        """All selected frames ``[T, H, W, 3]`` uint8."""
+        raise NotImplementedError
+
+    def source_frames(self) -> Iterator[np.ndarray]:
+        """Selected frames at the original size (for the overlay)."""
+        raise NotImplementedError
+
+    def to_source(self, xy: np.ndarray) -> np.ndarray:
+        """Pixels of the (possibly resized) frames -> original-video pixels (pixel-centre aware)."""
+        if self.scale == 1.0:
+            return np.asarray(xy, dtype=np.float64)
+        sx, sy = self.source_size[0] / self.width, self.source_size[1] / self.height
+        xy = np.asarray(xy, dtype=np.float64)
+        return np.stack([(xy[..., 0] + 0.5) * sx - 0.5, (xy[..., 1] + 0.5) * sy - 0.5], axis=-1)
+
+    def from_source(self, xy: np.ndarray) -> np.ndarray:
+        """Original-video pixels -> pixels of the frames handed to the tracker."""
+        if self.scale == 1.0:
+            return np.asarray(xy, dtype=np.float64)
+        sx, sy = self.width / self.source_size[0], self.height / self.source_size[1]
+        xy = np.asarray(xy, dtype=np.float64)
+        return np.stack([(xy[..., 0] + 0.5) * sx - 0.5, (xy[..., 1] + 0.5) * sy - 0.5], axis=-1)
+
+
+class VideoReader(Video):
+    """A :class:`Video` streamed from a video file or image folder (memory does not grow with length)."""
 
     def __init__(
         self,
@@ -69,7 +113,7 @@ class VideoReader:
             raise PtrackError(f"--start must be >= 0, got {start}")
         self.is_folder = self.path.is_dir()
         if self.is_folder:
-            self._files = _numbered_images(self.path)
+            self._files = numbered_images(self.path)
             if not self._files:
                 raise PtrackError(f"no frames: folder {self.path} holds no images ({', '.join(IMAGE_EXTS)})")
             first = self._read_image(self._files[0])
@@ -102,8 +146,6 @@ class VideoReader:
 
     # -- probing and decoding ------------------------------------------------------------------
     def _probe_file(self) -> tuple[int, int, float, int]:
-        import imageio_ffmpeg
-
         try:
             gen = imageio_ffmpeg.read_frames(str(self.path), pix_fmt="rgb24")
             meta = next(gen)
@@ -141,8 +183,6 @@ class VideoReader:
                     )
                 yield int(i), frame
             return
-        import imageio_ffmpeg
-
         w, h = self.source_size
         gen = imageio_ffmpeg.read_frames(str(self.path), pix_fmt="rgb24")
         try:
@@ -183,22 +223,55 @@ class VideoReader:
         for _, frame in self._source_frames():
             yield frame
 
-    # -- coordinates ---------------------------------------------------------------------------
-    def to_source(self, xy: np.ndarray) -> np.ndarray:
-        """Pixels of the (possibly resized) frames -> original-video pixels (pixel-centre aware)."""
-        if self.scale == 1.0:
-            return np.asarray(xy, dtype=np.float64)
-        sx, sy = self.source_size[0] / self.width, self.source_size[1] / self.height
-        xy = np.asarray(xy, dtype=np.float64)
-        return np.stack([(xy[..., 0] + 0.5) * sx - 0.5, (xy[..., 1] + 0.5) * sy - 0.5], axis=-1)
+    def decode(self, progress: Callable[[int], None] | None = None) -> "ArrayVideo":
+        """Read the selection once into memory (``progress(1)`` per frame), keeping its provenance."""
+        frames = []
+        for f in self:
+            frames.append(f)
+            if progress is not None:
+                progress(1)
+        arr = np.stack(frames) if frames else np.zeros((0, self.height, self.width, 3), np.uint8)
+        return ArrayVideo(arr, self.fps, source=self)
 
-    def from_source(self, xy: np.ndarray) -> np.ndarray:
-        """Original-video pixels -> pixels of the frames handed to the tracker."""
-        if self.scale == 1.0:
-            return np.asarray(xy, dtype=np.float64)
-        sx, sy = self.width / self.source_size[0], self.height / self.source_size[1]
-        xy = np.asarray(xy, dtype=np.float64)
-        return np.stack([(xy[..., 0] + 0.5) * sx - 0.5, (xy[..., 1] + 0.5) * sy - 0.5], axis=-1)
+
+class ArrayVideo(Video):
+    """A :class:`Video` over frames already in memory ``[T, H, W, 3]`` uint8.
+
+    source: the video they were read from (``VideoReader.decode``): frame numbers, original size and pixel
+    maps come from it. Without one the frames are their own source (frames 0..T-1, original pixels).
+    """
+
+    def __init__(self, frames: np.ndarray, fps: float = 30.0, *, source: Video | None = None) -> None:
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be [T, H, W, 3], got {frames.shape}")
+        self.frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        self.num_frames, self.height, self.width = self.frames.shape[:3]
+        self.fps = float(fps)
+        self._source = source
+        if source is None:
+            self.path = Path("<frames in memory>")
+            self.frame_indices = np.arange(self.num_frames, dtype=np.int64)
+            self.source_size = (self.width, self.height)
+            self.source_num_frames = self.num_frames
+            self.scale = 1.0
+        else:
+            self.path = source.path
+            self.frame_indices = np.asarray(source.frame_indices, np.int64)[: self.num_frames]
+            self.source_size = tuple(source.source_size)
+            self.source_num_frames = int(source.source_num_frames)
+            self.scale = float(source.scale)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.frames)
+
+    def read_all(self) -> np.ndarray:
+        return self.frames
+
+    def source_frames(self) -> Iterator[np.ndarray]:
+        if self._source is not None and self.scale != 1.0:
+            return self._source.source_frames()
+        return iter(self.frames)
 
 
 def open_video(

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import check_state_dict
+from ..weights.state_dict import check_state_dict
 from ..errors import PtrackError
 from .cnn import BasicEncoder
 

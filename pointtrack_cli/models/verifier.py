@@ -25,15 +25,14 @@ candidate axis has no positional code, so the model is permutation-equivariant o
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import check_state_dict
-from ..errors import PtrackError
+from ..weights.state_dict import check_state_dict
 from .cnn import BasicEncoder
 
 INPUT_HW = (384, 512)  # (h, w) every frame is stretched to (no letter-boxing)
@@ -51,8 +50,6 @@ LEVEL_HW = tuple((INPUT_HW[0] // STRIDE >> l, INPUT_HW[1] // STRIDE >> l) for l 
 
 SAMPLE_FIRST_MAX_TOKENS = 160  # per frame; above it projecting the whole pyramid first is cheaper
 TOKEN_CHUNK = 8192  # deformable-encoder tokens per call (about 0.5 GB of samples in float32)
-
-ProgressFn = Callable[[int], None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +292,16 @@ class Verifier(nn.Module):
         return torch.cat(out, dim=1)
 
     # -- full forward ---------------------------------------------------------------------------
-    def forward(
+    def forward(self, *args, **kwargs):
+        """All of :meth:`steps` at once: ``rank_logits [T, N, M]`` (and intermediates if asked)."""
+        run = self.steps(*args, **kwargs)
+        while True:
+            try:
+                next(run)
+            except StopIteration as done:
+                return done.value
+
+    def steps(
         self,
         video: np.ndarray | torch.Tensor,
         candidates: torch.Tensor,
@@ -305,10 +311,10 @@ class Verifier(nn.Module):
         features: torch.Tensor | None = None,
         frames_per_pass: int = 4,
         point_chunk: int | None = None,
-        progress: ProgressFn | None = None,
         return_intermediates: bool = False,
-    ):
-        """Score every candidate: ``rank_logits [T, N, M]`` (float, model dtype).
+    ) -> Iterator[int]:
+        """Score every candidate, as a generator: yields the number of frames just described (T in all) and
+        returns ``rank_logits [T, N, M]`` (float, model dtype), so a caller can show progress.
 
         video: ``[T, H, W, 3]`` RGB 0..255 (numpy or tensor; moved to the model's device and dtype
             ``frames_per_pass`` frames at a time, so a long uint8 video is never copied as floats).
@@ -318,7 +324,6 @@ class Verifier(nn.Module):
             estimate): hidden from the cross-attention, logit -inf. ``None`` = official behaviour.
         features: optional precomputed ``F1 [T, 256, 96, 128]`` (skips the CNN; for tests/benchmarks).
         point_chunk: points per transformer pass (bounds the temporal-attention memory, N*T^2).
-        progress: called with the number of frames just described (T in all).
         return_intermediates: also return a dict (q_init, q_local, f_local, q_out, time_emb_used, fvis_probe).
 
         Memory: the candidate tokens take ``T*N*M*256`` values (1 KiB each in float32), plus one
@@ -341,7 +346,7 @@ class Verifier(nn.Module):
             raise ValueError("candidate coordinates must be finite (fill or mask missing estimates first)")
         tq = qs[:, 0].long()  # truncation, as the official `.long()`
         if N and (tq.min() < 0 or tq.max() >= T):
-            raise PtrackError(f"query frames must lie in [0, {T}) for the verifier (got {int(tq.min())}..{int(tq.max())})")
+            raise ValueError(f"query frames must lie in [0, {T}) for the verifier (got {int(tq.min())}..{int(tq.max())})")
         mask = None if candidate_mask is None else torch.as_tensor(candidate_mask, device=dev).bool()
 
         def to_unit(xy: torch.Tensor) -> torch.Tensor:  # pixels -> [-1, 1], pixel i covers [i, i+1)
@@ -414,8 +419,7 @@ class Verifier(nn.Module):
                 f_local[t0:t1] = desc
             for t in range(t0, t1):
                 keep.pop(t, None)
-            if progress is not None:
-                progress(b)
+            yield b
             t0 = t1
         keep.clear()
 
@@ -467,10 +471,3 @@ def load_verifier(sd: Mapping[str, torch.Tensor], source: str) -> Verifier:
     model = Verifier()
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=True)
     return model.eval()
-
-
-def read_verifier(path: str, source: str | None = None) -> Verifier:
-    """Load a verifier checkpoint file (any layout ``read_state_dict`` accepts) into an eval-mode model."""
-    from ..checkpoints import read_state_dict
-
-    return load_verifier(read_state_dict(path), source or str(path))

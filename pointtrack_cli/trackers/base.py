@@ -8,7 +8,7 @@ of the source (0 .. T-1). Frames first: tracks are ``[T, N, 2]``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
 import numpy as np
@@ -96,18 +96,23 @@ class Tracker(ABC):
         return {}
 
 
-class ArrayVideo:
-    """A :class:`FrameSource` over frames already in memory ``[T, H, W, 3]`` uint8 (e.g. for ensembles)."""
+@dataclass
+class BuildOptions:
+    """What the caller asks of a tracker it builds (see :func:`pointtrack_cli.trackers.registry.build_tracker`).
 
-    def __init__(self, frames: np.ndarray, fps: float = 30.0) -> None:
-        if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"frames must be [T, H, W, 3], got {frames.shape}")
-        self.frames = np.ascontiguousarray(frames, dtype=np.uint8)
-        self.num_frames, self.height, self.width = frames.shape[:3]
-        self.fps = float(fps)
+    device / precision are already resolved (``cpu``, ``cuda``, ``cuda:1``; ``fp32``, ``bf16``, ``fp16``).
+    resolution: model input (h, w); None = the registry entry's default. backward: also estimate frames
+    before each query frame (trackers that always do ignore it). vis_threshold: None = the official one.
+    support_grid: RealTracker's extra grid for explicit queries. iters: refinement iterations of iterative
+    models (None = official). options: model-specific keyword arguments. quiet: no download progress.
+    """
 
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return iter(self.frames)
-
-    def read_all(self) -> np.ndarray:
-        return self.frames
+    device: str = "cpu"
+    precision: str = "fp32"
+    resolution: tuple[int, int] | None = None
+    backward: bool = False
+    vis_threshold: float | None = None
+    support_grid: bool = True
+    iters: int | None = None
+    options: dict = field(default_factory=dict)
+    quiet: bool = True

@@ -17,7 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .base import FrameSource, ProgressFn, Tracker, TrackOutput
+from ..errors import PtrackError
+from .base import BuildOptions, FrameSource, ProgressFn, Tracker, TrackOutput
 
 
 class LKTracker(Tracker):
@@ -130,3 +131,10 @@ class LKTracker(Tracker):
                 del greys
         tracks, prob, conf = out
         return TrackOutput(tracks=tracks, visibility=prob > 0.5, visibility_prob=prob, confidence=conf)
+
+
+def build(opts: BuildOptions, weights: str | None) -> LKTracker:
+    """The registry's builder (LK always tracks both ways and needs no weights)."""
+    if weights is not None:
+        raise PtrackError("--weights is not used by --model lk (a weight-free tracker): drop it, or choose a model with weights")
+    return LKTracker(backward=True)

@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import PtrackError
-from ..models.realtracker import RealTracker
-from ..queries import input_to_model, model_to_input, official_grid
-from .base import FrameSource, ProgressFn, TrackOutput, Tracker
+from ..models.realtracker import RealTracker, load_realtracker
+from ..geometry import input_to_model, model_to_input, official_grid
+from .base import BuildOptions, FrameSource, ProgressFn, TrackOutput, Tracker
 
 SUPPORT_GRID_SIZE = 6
 ITERS = 6
@@ -549,3 +549,17 @@ __all__ = [
     "run_online",
     "split_points",
 ]
+
+
+def build(entry: dict, state_dict: dict[str, torch.Tensor], info: dict, opts: BuildOptions) -> RealTrackerTracker:
+    """The registry's builder: RealTracker online/offline from an official-layout state dict."""
+    online = entry["architecture"] == "realtracker-online"
+    net = load_realtracker(state_dict, online=online, source=str(info.get("path", entry["id"])))
+    tracker = RealTrackerTracker(
+        net, online=online, resolution=opts.resolution or tuple(entry["config"]["model_resolution"]),
+        support_grid=opts.support_grid, backward=opts.backward, vis_threshold=opts.vis_threshold,
+        device=opts.device, precision=opts.precision, iters=opts.iters or ITERS,
+    )
+    tracker.name = entry["id"]
+    tracker.weights_info = info
+    return tracker

@@ -1,0 +1,135 @@
+"""Presentation shared by the commands: the error boundary, progress bars, tables and option parsing.
+
+This is the only place that turns library events into terminal output: :class:`PtrackError` becomes one
+red line and exit code 2 (:class:`PtrackGroup`), ``progress(n)`` / ``stage(description, total)`` callbacks
+become rich progress bars (:func:`stages`), result dicts become tables (:func:`key_value_table`).
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from typer.core import TyperGroup
+
+from ..errors import PtrackError
+
+console = Console(stderr=True)  # progress, notes and summaries; result tables of `eval` go to stdout
+stdout = Console()
+
+Advance = Callable[..., None]
+Stage = Callable[[str, int | None], None]
+
+
+class PtrackGroup(TyperGroup):
+    """Click group that turns :class:`PtrackError` into one red line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PtrackError as exc:
+            Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {exc}", markup=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            Console(stderr=True).print("interrupted")
+            raise typer.Exit(130) from None
+
+
+def progress_columns() -> list:
+    return [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn()]
+
+
+@contextlib.contextmanager
+def stages(quiet: bool) -> Iterator[tuple[Stage, Advance]]:
+    """Progress with one bar per stage; yields ``(stage(description, total), advance(n=1, total=None))``.
+
+    ``stage`` starts a new bar (total None = unknown); ``advance`` moves the newest one (and sets its total
+    when one becomes known, e.g. the videos of a dataset read shard by shard). No-ops when quiet.
+    """
+    if quiet:
+        yield (lambda description, total=None: None), (lambda n=1, total=None: None)
+        return
+    current: list = [None]
+    with Progress(*progress_columns(), console=console, transient=False) as progress:
+        def stage(description: str, total: int | None = None) -> None:
+            current[0] = progress.add_task(description, total=total)
+
+        def advance(n: int = 1, total: int | None = None) -> None:
+            if current[0] is not None:
+                if total is not None:
+                    progress.update(current[0], total=total)
+                progress.advance(current[0], n)
+
+        yield stage, advance
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None, quiet: bool) -> Iterator[Advance]:
+    """One progress bar; yields ``advance(n=1)``."""
+    with stages(quiet) as (stage, advance):
+        stage(description, total)
+        yield advance
+
+
+@contextlib.contextmanager
+def download_bar(description: str, quiet: bool) -> Iterator[Callable[[int, int | None], None]]:
+    """A byte-count bar for downloads; yields ``update(done, total)`` (the weights' ``DownloadProgress``)."""
+    if quiet:
+        yield lambda done, total: None
+        return
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(description, total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
+def key_value_table(title: str, rows: Mapping[str, str] | Sequence[tuple[str, str]]) -> Table:
+    """A two-column summary table (the short summary every command ends with)."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for name, value in (rows.items() if isinstance(rows, Mapping) else rows):
+        table.add_row(name, str(value))
+    return table
+
+
+def parse_hw(text: str | None, option: str = "--resolution") -> tuple[int, int] | None:
+    """``"384x512"`` -> (384, 512); height first, both multiples of 4 (the models' stride)."""
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise PtrackError(f"{option} {text!r} is not HxW (e.g. {option} 384x512)") from None
+    if h <= 0 or w <= 0 or h % 4 or w % 4:
+        raise PtrackError(f"{option} {text}: height and width must be positive multiples of 4 (the model stride), e.g. 384x512")
+    return h, w
+
+
+def check_vis_threshold(value: float | None) -> None:
+    if value is not None and not (0.0 <= value <= 1.0):
+        raise PtrackError(f"--vis-threshold {value} must be between 0 and 1")
+
+
+def split_list(values: list[str]) -> list[str]:
+    """Options given comma-separated and/or repeated (``-t a,b -t c``) -> ``["a", "b", "c"]``."""
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def command_line() -> str:
+    return " ".join(["ptrack", *sys.argv[1:]])
+
+
+def default_out(video: Path, suffix: str) -> Path:
+    """``./<video stem>_<suffix>``: the default output folder of a command."""
+    return Path.cwd() / f"{video.stem}_{suffix}"

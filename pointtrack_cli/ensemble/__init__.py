@@ -1,0 +1,7 @@
+"""The Track-On-R ensemble: several trackers ("teachers") on one video, one candidate chosen per frame and point.
+
+``selection`` (pure choice rules), ``verifier`` (weights, model, the one runner), ``teachers`` (run the
+teachers, candidate files, :func:`~pointtrack_cli.ensemble.teachers.choose`), ``tracker`` (the ensemble as a
+:class:`~pointtrack_cli.trackers.base.Tracker` for ``--model ensemble:...``). The whole pipeline on a video
+file is :func:`pointtrack_cli.api.ensemble`.
+"""

@@ -1,1 +1,0 @@
-"""The model registry (registry.json), installed as the package data ``pointtrack_cli.registry``."""

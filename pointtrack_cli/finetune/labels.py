@@ -44,13 +44,14 @@ import torch
 
 from ..device import autocast, resolve_precision
 from ..ensemble.selection import fill_for_verifier, select_verifier
+from ..ensemble.teachers import PRESETS
 from ..ensemble.verifier import build_verifier, load_verifier_weights, run_verifier
 from ..errors import PtrackError
 from ..geometry import official_grid
 from ..io.atomic import atomic_path
 from ..io.video import ArrayVideo
 from ..models.realtracker import load_realtracker
-from ..trackers.registry import build_tracker, tracker_ids
+from ..trackers.registry import build_tracker, split_model_id, tracker_ids
 from ..weights.hub import load_weights
 from ..weights.registry import registry
 from .data import Clip
@@ -132,15 +133,20 @@ class TeacherSpec:
 
 
 def parse_teachers(items: list[str]) -> list[TeacherSpec]:
-    """``["realtracker-offline", "lk", "realtracker-online=ft.safetensors"]`` -> specs (names made unique)."""
+    """``["realtracker-offline", "lk", "realtracker-online=ft.safetensors"]`` -> specs (names made unique).
+
+    A preset name (``trackon-r``, ``trackon-r-eval``) stands for its teachers; ids may carry ``@HxW``.
+    """
     known = tracker_ids()
     out: list[TeacherSpec] = []
     names: set[str] = {STUDENT_INIT}
-    for item in items:
+    expanded = [t for item in items for t in (PRESETS[item.strip()] if item.strip() in PRESETS else (item,))]
+    for item in expanded:
         model_id, _, path = item.partition("=")
         model_id, path = model_id.strip(), path.strip()
-        if model_id not in known:
-            raise PtrackError(f"unknown teacher {model_id!r} in --teachers (choose from: {', '.join(known)}; ID=PATH gives local weights)")
+        if split_model_id(model_id)[0] not in known:
+            raise PtrackError(f"unknown teacher {model_id!r} in --teachers (choose from: {', '.join(known)}, or a "
+                              f"preset: {', '.join(PRESETS)}; ID=PATH gives local weights)")
         if path and not Path(path).is_file():
             raise PtrackError(f"teacher weights not found: {path} (in --teachers {item})")
         name, k = model_id, 2
@@ -228,7 +234,8 @@ def build_teacher(spec: TeacherSpec, hw: tuple[int, int], device: torch.device, 
         sd, info = load_weights(spec.model_id, spec.weights, quiet=True)
         model = load_realtracker_model(sd, realtracker_online(spec.model_id), str(info.get("path", spec.model_id)), hw)
         return RealTrackerTeacher(spec.name, model, key, device, precision, iters)
-    tracker = build_tracker(spec.model_id, weights=spec.weights, device=str(device), resolution=hw, backward=True,
+    # Other teachers run at their own native resolution (or the id's @HxW), whatever the student's.
+    tracker = build_tracker(spec.model_id, weights=spec.weights, device=str(device), backward=True,
                             quiet=True, support_grid=True)
     return TrackerTeacher(spec.name, tracker, key)
 

@@ -1,0 +1,35 @@
+"""Fill-rule checkpoints of every ported teacher, written in each official file layout (for integration tests).
+
+``teacher_checkpoint(id, folder)`` writes the file a user would pass with ``--weights`` (or ``ID=PATH``) and
+returns its path; ``SMALL`` is a resolution each teacher accepts that keeps CPU tests fast (ids take it as
+``ID@HxW``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from tests.helpers import locotrack_weights
+
+
+def _locotrack(folder: Path) -> Path:
+    path = folder / "locotrack_fill.ckpt"
+    torch.save(locotrack_weights.lightning_checkpoint(locotrack_weights.fill_state_dict()), path)
+    return path
+
+
+WRITERS: dict[str, Callable[[Path], Path]] = {
+    "locotrack": _locotrack,  # anthro-locotrack: the same architecture and file layout
+}
+SMALL = {"locotrack": "64x64"}
+
+
+def teacher_checkpoint(model_id: str, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return WRITERS[model_id](folder)
+
+
+def small_id(model_id: str) -> str:
+    return f"{model_id}@{SMALL[model_id]}"

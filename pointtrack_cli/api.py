@@ -1,4 +1,5 @@
-"""Python API, and all the command line calls for tracking: :func:`track`, :func:`ensemble`, :func:`write_outputs`.
+"""Python API, and all the command line calls for tracking: :func:`track`, :func:`ensemble`, :func:`write_outputs`,
+and :func:`track_to` / :func:`ensemble_to` (plan, rerun rule, track, write the output set: what the CLI runs).
 
 Data path: video (streamed from disk, or decoded once for an ensemble) -> queries (original pixels, source
 frame numbers; ``queries.py``) -> tracker (pixels of the frames it is given; ``trackers/``) -> tracks mapped
@@ -6,39 +7,44 @@ back to original pixels -> writers (``io/``).
 
 A model id is any tracker id (``ptrack models``), optionally ``@HxW``, or ``ensemble:ID[=WEIGHTS],...``: the
 Track-On-R ensemble of those trackers, run exactly as :func:`ensemble` runs it.
+
+Jobs: :func:`plan_track` / :func:`plan_ensemble` do the cheap part of a run (open the video, read and check the
+queries, name model and weights) and return a job whose ``inputs`` identify everything that determines the
+arrays: the video (path, size, modification time; frames in memory by checksum), the frame selection, the
+queries (checksum after parsing), model ids and weights (local file: path, size, time; else the registry's
+source), every option that changes the arrays, and the resolved device. Not ``--out``, not ``--quiet``. With
+the files asked for, that is the job key of the output set (:mod:`pointtrack_cli.io.outputs`), compared with
+the folder's before anything is tracked.
 """
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .device import check_precision, resolve_device, resolve_precision
-from .ensemble import selection as S
-from .ensemble.teachers import (
-    DEFAULT_TEACHERS, StageFn, TeacherSpec, choose, fetch_teacher_weights, load_candidate_files, parse_teachers,
-    query_rows, run_teachers, unique_names,
-)
-from .ensemble.tracker import build_ensemble_tracker, check_teachers, is_ensemble_id, parse_spec
-from .ensemble.verifier import load_verifier_weights
+from .device import OUTPUT_BYTES_PER_POINT_FRAME, check_memory, check_precision, resolve_device
+from .ensemble.run import EnsembleJob, EnsembleResult, ensemble, plan_ensemble
+from .ensemble.teachers import StageFn
+from .ensemble.tracker import build_ensemble_tracker, is_ensemble_id, parse_spec
 from .errors import PtrackError
 from .geometry import MODEL_RESOLUTION
 from .io.atomic import ensure_out_dir
-from .io.overlay import write_overlay
-from .io.video import ArrayVideo, Video, open_video
-from .io.writers import save_arrays, save_csv, save_npz
+from .io.identity import array_digest, digest, path_identity, video_identity, weights_identity
+from .io.outputs import OutputSet
+from .io.video import Video, decode_report, open_video, selection_meta
+from .io.writers import FORMATS, OUTPUT_NAMES, check_outputs, write_result
 from .queries import build_queries, validate_queries
 from .result import COORDINATES, TrackResult
 from .trackers.base import ProgressFn, Tracker, blank_before_query
 from .trackers.registry import build_tracker as build_single_tracker
 
-FORMATS = ("npz", "csv")
-__all__ = ["EnsembleResult", "FORMATS", "build_tracker", "check_formats", "ensemble", "prepare_out_dir", "run_tracker",
-           "summary", "track", "write_outputs"]
+__all__ = ["EnsembleJob", "EnsembleResult", "FORMATS", "Outputs", "TrackJob", "build_tracker", "check_formats", "check_outputs",
+           "ensemble", "ensemble_to", "plan_ensemble", "plan_track", "prepare_out_dir", "run_to", "run_tracker", "summary",
+           "track", "track_to", "write_outputs"]
 
 
 def _check_ensemble_arguments(weights: str | Path | None, options: dict | None) -> None:
@@ -110,8 +116,128 @@ def run_tracker(tracker: Tracker, video: Video, q: np.ndarray, progress: Progres
     return tracks.astype(np.float32), vis, prob, conf
 
 
-def _selection_meta(start: int, end: int | None, stride: int, max_size: int | None, video: Video) -> dict:
-    return {"start": start, "end": end, "stride": stride, "max_size": max_size, "tracked_size": [video.width, video.height]}
+@dataclass
+class TrackJob:
+    """One tracking run, planned by :func:`plan_track`: video opened, queries read and checked, nothing tracked.
+
+    queries: ``[N, 3]`` (t, x, y) source pixels and frame numbers; explicit: any came from a file, ``--point`` or
+    a mask. inputs: what determines the arrays (see the module docstring). :meth:`run` builds the tracker (or
+    uses the one given), checks memory and tracks.
+    """
+
+    video: Video
+    queries: np.ndarray
+    explicit: bool
+    inputs: dict
+    build: Callable[[bool], Tracker]
+    selection: dict
+    command: str | None = None
+
+    def run(self, progress: ProgressFn | None = None, stage: StageFn | None = None) -> TrackResult:
+        tracker = self.build(self.explicit)
+        reader, q = self.video, self.queries
+        own = getattr(tracker, "memory_bytes", None)  # duck-typed trackers may lack it
+        need = ((own(reader.num_frames, len(q), (reader.height, reader.width)) if own else 0)
+                + reader.num_frames * len(q) * OUTPUT_BYTES_PER_POINT_FRAME)
+        check_memory(need, f"tracking {len(q):,} points over {reader.num_frames} frames with {tracker.name}",
+                     "track fewer points (--grid, --queries) or frames (--end, --stride), or shrink the frames (--max-size)")
+        if stage is not None:
+            stage(f"tracking ({tracker.name})", reader.num_frames)
+        t0 = time.perf_counter()
+        tracks, vis, prob, conf = run_tracker(tracker, reader, q, progress)
+        meta = {
+            "command": self.command or " ".join(sys.argv),
+            "video": str(reader.path.resolve()),
+            "coordinates": COORDINATES,
+            "queries_t": "source frame number (see frame_indices)",
+            "model": tracker.name,
+            "tracker_settings": tracker.settings(),
+            "weights": tracker.weights_info or "none (weight-free tracker)",
+            **self.selection,
+            "device": str(getattr(tracker, "device", "cpu")),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "job": self.inputs,
+        }
+        decode_report(reader, meta)
+        return TrackResult(
+            tracks=tracks, visibility=vis, visibility_prob=prob, confidence=conf, queries=q,
+            frame_indices=reader.frame_indices, fps=reader.fps, size=reader.source_size, model=tracker.name, meta=meta,
+        )
+
+
+def plan_track(
+    video: str | Path | Video,
+    *,
+    model: str = "lk",
+    grid: int | None = None,
+    grid_frame: int | None = None,
+    mask: str | Path | None = None,
+    queries: str | Path | np.ndarray | None = None,
+    points: Sequence[str] = (),
+    start: int = 0,
+    end: int | None = None,
+    stride: int = 1,
+    max_size: int | None = None,
+    weights: str | Path | None = None,
+    device: str = "auto",
+    resolution: tuple[int, int] | None = None,
+    backward: bool = False,
+    precision: str = "auto",
+    vis_threshold: float | None = None,
+    support_grid: bool = True,
+    iters: int | None = None,
+    options: dict | None = None,
+    select: str = "verifier",
+    verifier_weights: str | Path | None = None,
+    seed: int = 0,
+    quiet: bool = True,
+    tracker: Tracker | None = None,
+    command: str | None = None,
+    strict_decode: bool = False,
+) -> "TrackJob | EnsembleJob":
+    """The cheap part of :func:`track` (same arguments): a :class:`TrackJob`, or for ``ensemble:...`` ids an
+    :class:`EnsembleJob` (as :func:`ensemble` plans it). Errors in the inputs surface here, before any tracking."""
+    if tracker is None and is_ensemble_id(model):
+        _check_ensemble_arguments(weights, options)
+        if iters is not None or vis_threshold is not None:
+            raise PtrackError("--iters and --vis-threshold do not apply to an ensemble (its visibility is the "
+                              "teachers' majority vote): drop them")
+        return plan_ensemble(
+            video, queries, teachers=parse_spec(model), select=select, verifier_weights=verifier_weights,
+            device=device, precision=precision, seed=seed, grid=grid, grid_frame=grid_frame, mask=mask, points=points,
+            backward=backward, resolution=resolution, start=start, end=end, stride=stride, max_size=max_size,
+            quiet=quiet, command=command, strict_decode=strict_decode,
+        )
+    reader = video if isinstance(video, Video) else open_video(video, start=start, end=end, stride=stride,
+                                                               max_size=max_size, strict_decode=strict_decode)
+    q, explicit = build_queries(
+        reader, grid=grid, grid_frame=grid_frame, mask=mask, queries=queries, points=points,
+        model_hw=tuple(resolution) if resolution else MODEL_RESOLUTION,
+    )
+    dev = resolve_device(device)
+    check_precision(precision)
+    if tracker is not None:
+        model_id: dict = {"model": tracker.name, "tracker_settings": tracker.settings(), "weights": tracker.weights_info}
+    else:
+        if select != "verifier" or verifier_weights is not None:
+            raise PtrackError("--select and --verifier-weights need an ensemble model, e.g. --model ensemble:lk,protracker")
+        opts = {k: (path_identity(v) if k == "mask_video" else v) for k, v in sorted((options or {}).items())}
+        model_id = {"model": model, "weights": weights_identity(model, weights), "options": opts, "iters": iters,
+                    "vis_threshold": vis_threshold}
+    inputs = {
+        "kind": "track", "video": video_identity(reader), "queries": array_digest(q), **model_id, "device": dev,
+        "precision": precision, "resolution": list(resolution) if resolution else None, "backward": backward,
+        "support_grid": bool(support_grid and explicit),
+    }
+
+    def build(explicit: bool) -> Tracker:
+        return tracker if tracker is not None else build_tracker(
+            model, weights=weights, device=device, resolution=resolution, backward=backward, precision=precision,
+            quiet=quiet, vis_threshold=vis_threshold, support_grid=support_grid and explicit, iters=iters,
+            options=options,
+        )
+
+    return TrackJob(reader, q, explicit, inputs, build, selection_meta(start, end, stride, max_size, reader), command)
 
 
 def track(
@@ -144,6 +270,7 @@ def track(
     quiet: bool = True,
     tracker: Tracker | None = None,
     command: str | None = None,
+    strict_decode: bool = False,
 ) -> TrackResult:
     """Track points through ``video`` (a file ffmpeg reads, a folder of numbered images, or a :class:`Video`).
 
@@ -157,251 +284,27 @@ def track(
     (local checkpoint), ``resolution`` (model input h, w), ``backward``, ``precision``, ``vis_threshold``,
     ``iters``, ``options`` (protracker: features, flow, mask_video); ``support_grid``: RealTracker's support
     grid for explicit queries (grids never get one). ``select``/``verifier_weights``/``seed``: ensembles.
-    ``tracker``: an already built tracker (then the model arguments are ignored).
+    ``tracker``: an already built tracker (then the model arguments are ignored). ``strict_decode``: ffmpeg
+    decode errors (a damaged file) are an error; otherwise they are counted in ``meta["decode_errors"]`` and
+    warned about.
 
     Returns a :class:`TrackResult` with tracks ``[T, N, 2]`` in original pixels (an ensemble's also carries
-    ``selection.npz`` in ``extra_files``).
+    ``selection.npz`` in ``extra_files``); ``meta["job"]`` identifies the inputs (see :func:`plan_track`).
     """
-    if tracker is None and is_ensemble_id(model):
-        _check_ensemble_arguments(weights, options)
-        if iters is not None or vis_threshold is not None:
-            raise PtrackError("--iters and --vis-threshold do not apply to an ensemble (its visibility is the "
-                              "teachers' majority vote): drop them")
-        return ensemble(
-            video, queries, teachers=parse_spec(model), select=select, verifier_weights=verifier_weights,
-            device=device, precision=precision, seed=seed, grid=grid, grid_frame=grid_frame, mask=mask, points=points,
-            backward=backward, resolution=resolution, start=start, end=end, stride=stride, max_size=max_size,
-            progress=progress, stage=stage, quiet=quiet, command=command,
-        ).result
-    reader = video if isinstance(video, Video) else open_video(video, start=start, end=end, stride=stride, max_size=max_size)
-    q, explicit = build_queries(
-        reader, grid=grid, grid_frame=grid_frame, mask=mask, queries=queries, points=points,
-        model_hw=tuple(resolution) if resolution else MODEL_RESOLUTION,
+    job = plan_track(
+        video, model=model, grid=grid, grid_frame=grid_frame, mask=mask, queries=queries, points=points, start=start,
+        end=end, stride=stride, max_size=max_size, weights=weights, device=device, resolution=resolution,
+        backward=backward, precision=precision, vis_threshold=vis_threshold, support_grid=support_grid, iters=iters,
+        options=options, select=select, verifier_weights=verifier_weights, seed=seed, quiet=quiet, tracker=tracker,
+        command=command, strict_decode=strict_decode,
     )
-    if tracker is None:
-        tracker = build_tracker(
-            model, weights=weights, device=device, resolution=resolution, backward=backward, precision=precision,
-            quiet=quiet, vis_threshold=vis_threshold, support_grid=support_grid and explicit, iters=iters,
-            options=options, select=select, verifier_weights=verifier_weights,
-        )
-    if stage is not None:
-        stage(f"tracking ({tracker.name})", reader.num_frames)
-    t0 = time.perf_counter()
-    tracks, vis, prob, conf = run_tracker(tracker, reader, q, progress)
-    meta = {
-        "command": command or " ".join(sys.argv),
-        "video": str(reader.path.resolve()),
-        "coordinates": COORDINATES,
-        "queries_t": "source frame number (see frame_indices)",
-        "model": tracker.name,
-        "tracker_settings": tracker.settings(),
-        "weights": tracker.weights_info or "none (weight-free tracker)",
-        **_selection_meta(start, end, stride, max_size, reader),
-        "device": str(getattr(tracker, "device", "cpu")),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    return TrackResult(
-        tracks=tracks, visibility=vis, visibility_prob=prob, confidence=conf, queries=q,
-        frame_indices=reader.frame_indices, fps=reader.fps, size=reader.source_size, model=tracker.name, meta=meta,
-    )
-
-
-@dataclass
-class EnsembleResult:
-    """The chosen tracks (``result``, original pixels) and how they were chosen.
-
-    candidates: ``[T, N, M, 2]`` original pixels (NaN = no estimate); candidate_visibility ``[T, N, M]``;
-    scores ``[T, N, M]`` (verifier: softmax over candidates; random: one-hot; median: uniform over the
-    candidates that entered the median); chosen ``[T, N]`` candidate index (-1: none);
-    teachers: the M candidate names; logits: raw verifier scores (``select="verifier"`` only);
-    video: the decoded frames everything was computed on (for the overlay).
-    """
-
-    result: TrackResult
-    teachers: list[str]
-    candidates: np.ndarray
-    candidate_visibility: np.ndarray
-    scores: np.ndarray
-    chosen: np.ndarray
-    select: str
-    logits: np.ndarray | None = None
-    seconds: dict[str, float] = field(default_factory=dict)
-    video: ArrayVideo | None = None
-
-    def counts(self) -> dict[str, int]:
-        """How many (frame, point) pairs from each candidate's query frame on took that candidate."""
-        q = self.result.queries.copy()
-        q[:, 0] = np.searchsorted(self.result.frame_indices, q[:, 0].astype(np.int64))
-        c = S.chosen_counts(self.chosen, len(self.teachers), q)
-        return {name: int(n) for name, n in zip(self.teachers, c)}
-
-    def selection_arrays(self) -> dict[str, np.ndarray]:
-        """Arrays of ``selection.npz`` (plain dtypes: loads with allow_pickle=False)."""
-        out = {
-            "candidates": self.candidates.astype(np.float32),
-            "candidate_visibility": self.candidate_visibility.astype(bool),
-            "scores": self.scores.astype(np.float32),
-            "chosen": self.chosen.astype(np.int64),
-            "teachers": np.array(self.teachers, dtype=str),
-            "select": np.str_(self.select),
-            "frame_indices": self.result.frame_indices,
-        }
-        if self.logits is not None:
-            out["rank_logits"] = self.logits.astype(np.float32)
-        return out
-
-
-def ensemble(
-    video: str | Path | Video,
-    queries: str | Path | np.ndarray | None = None,
-    *,
-    teachers: Sequence[str | tuple | TeacherSpec | Tracker] = (),
-    candidates: Sequence[str | Path] = (),
-    select: str = "verifier",
-    verifier_weights: str | Path | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    seed: int = 0,
-    grid: int | None = None,
-    grid_frame: int | None = None,
-    mask: str | Path | None = None,
-    points: Sequence[str] = (),
-    backward: bool = False,
-    resolution: tuple[int, int] | None = None,
-    support_grid: bool = True,
-    start: int = 0,
-    end: int | None = None,
-    stride: int = 1,
-    max_size: int | None = None,
-    progress: ProgressFn | None = None,
-    stage: StageFn | None = None,
-    quiet: bool = True,
-    command: str | None = None,
-) -> EnsembleResult:
-    """Run ``teachers`` on ``video``, add ``candidates`` files, choose per frame and point.
-
-    video: a file, an image folder or a :class:`Video` (decoded once into memory here if it streams).
-    teachers: tracker ids (``"ID"`` or ``"ID=WEIGHTS"``; each built, run and freed before the next loads),
-        presets (``trackon-r``, ``trackon-r-eval``: the official Track-On-R teacher sets without Track-On2,
-        run as its pipeline runs them, without support grids) or :class:`Tracker` objects (used as they are).
-        With neither teachers nor candidates the default set.
-    queries: ``[N, 3]`` (t, x, y) array or file, t a source frame number, x, y original pixels; with none
-        (and no grid/mask/points) the queries of the candidate files, else a 10x10 grid.
-    select: ``verifier`` (default; needs the verifier weights: ``verifier_weights`` or the Hub),
-        ``random`` (one teacher for the whole video, from ``seed``) or ``median``.
-    backward: ask teachers to track before the query frame too (otherwise those frames are NaN).
-    resolution: every teacher's input (h, w), unless its id carries ``@HxW``; default: each its own.
-    support_grid: RealTracker teachers add their support grid to explicit queries (as ``track`` does); presets
-        never do.
-    progress(n) / stage(description, total): progress reporting, one stage per teacher and the verifier.
-
-    Returns an :class:`EnsembleResult`; ``.result`` is the ``TrackResult`` (with ``selection.npz`` in its
-    ``extra_files``).
-    """
-    if select not in S.STRATEGIES:
-        raise PtrackError(f"--select {select!r} is not one of {', '.join(S.STRATEGIES)}")
-    if verifier_weights is not None and select != "verifier":
-        raise PtrackError(f"--verifier-weights is only used with --select verifier (not {select})")
-    cand_paths = [Path(p) for p in candidates]
-    order: list[TeacherSpec | Tracker] = []  # as given: candidate m is the m-th teacher
-    for item in (teachers if teachers or cand_paths else DEFAULT_TEACHERS):
-        order.extend([item] if isinstance(item, (Tracker, TeacherSpec)) else parse_teachers([item]))
-    specs = [t for t in order if isinstance(t, TeacherSpec)]
-    check_teachers(specs)
-    dev = resolve_device(device)
-    prec = resolve_precision(check_precision(precision), dev, "verifier")
-    # Everything that can fail cheaply (weights, files, queries) is checked before any tracking.
-    vweights = load_verifier_weights(verifier_weights, quiet) if select == "verifier" else None
-    fetch_teacher_weights(specs, quiet)  # cached after the first time; fail now, not after other teachers ran
-
-    t0 = time.perf_counter()
-    if isinstance(video, ArrayVideo):
-        dec = video
-    else:
-        reader = video if isinstance(video, Video) else open_video(video, start=start, end=end, stride=stride, max_size=max_size)
-        if stage is not None:
-            stage("decoding", reader.num_frames)
-        dec = reader.decode(progress)  # every teacher, the verifier and the overlay see these frames
-    seconds = {"decode": time.perf_counter() - t0}
-    files, file_q = load_candidate_files(cand_paths, dec)
-    explicit_source = queries is not None or grid is not None or mask is not None or bool(points)
-    if explicit_source or file_q is None:
-        q, explicit = build_queries(dec, grid=grid, grid_frame=grid_frame, mask=mask, queries=queries, points=points)
-        if file_q is not None and (q.shape != file_q.shape or not np.allclose(q, file_q, atol=1e-3)):
-            raise PtrackError("the queries differ from those stored in the --candidates files "
-                              "(omit --grid/--queries/--point to use the files' queries)")
-    else:
-        q, explicit = np.asarray(file_q, np.float64), True
-    q_index = query_rows(q, dec)
-    if order:
-        validate_queries(q, dec)  # teachers get checked queries (candidate files keep their own)
-    q_model = np.concatenate([q_index[:, None].astype(np.float64), dec.from_source(q[:, 1:3])], axis=1)
-
-    def build(spec: TeacherSpec) -> Tracker:
-        try:
-            return build_single_tracker(spec.id, weights=spec.weights, device=dev, backward=backward,
-                                        resolution=resolution, precision=precision, quiet=quiet,
-                                        support_grid=explicit and support_grid and not spec.official)
-        except PtrackError as exc:
-            raise PtrackError(f"teacher {spec.id}: {exc}") from None
-
-    run = run_teachers(order, dec, q_model, build=build, progress=progress, stage=stage)
-    seconds.update(run.seconds)
-    names = unique_names(run.names + [p.name for p in cand_paths])
-    tracks_all = [dec.to_source(tr.astype(np.float64)).astype(np.float32) for tr in run.tracks]
-    vis_all = list(run.visibility)
-    for tr, vis in files:
-        tracks_all.append(tr)
-        vis_all.append(vis)
-
-    cand_src = np.stack(tracks_all, axis=2).astype(np.float32)  # [T, N, M, 2] original pixels
-    cand_vis = np.stack(vis_all, axis=2).astype(bool) & ~S.absent_candidates(cand_src)
-    # Selection happens in the frames the teachers saw (identical to original pixels without max_size).
-    cand = dec.from_source(cand_src.astype(np.float64)).astype(np.float32)
-    choice = choose(dec.frames, cand, cand_vis, q_model, select, seed=seed, verifier=vweights, device=dev,
-                    precision=prec, progress=progress, stage=stage)
-    seconds.update(choice.seconds)
-    sel = choice.selection
-    meta = {
-        "command": command or " ".join(sys.argv),
-        "video": str(dec.path.resolve()) if dec.path.exists() else str(dec.path),
-        "coordinates": COORDINATES,
-        "queries_t": "source frame number (see frame_indices)",
-        "model": "ensemble",
-        "select": select,
-        "teachers": names,
-        "candidate_files": [str(p.resolve()) for p in cand_paths],
-        "teacher_settings": run.settings,
-        "verifier_weights": None if vweights is None else dict(vweights[1]),
-        "verifier_precision": prec if select == "verifier" else None,
-        "device": dev,
-        "seed": seed if select == "random" else None,
-        "visibility": "strict majority vote of the candidates' own flags (mean > 0.5)" if select != "random"
-        else "the chosen teacher's own flag",
-        "visibility_prob": "fraction of candidates (with an estimate) saying visible",
-        "confidence": "score of the chosen candidate (see selection.npz scores)",
-        **_selection_meta(start, end, stride, max_size, dec),
-        "seconds": {k: round(v, 3) for k, v in seconds.items()},
-    }
-    result = TrackResult(
-        tracks=dec.to_source(sel.tracks.astype(np.float64)).astype(np.float32), visibility=sel.visibility,
-        visibility_prob=choice.visibility_prob, confidence=choice.confidence, queries=q,
-        frame_indices=dec.frame_indices, fps=dec.fps, size=dec.source_size, model="ensemble", meta=meta,
-    )
-    out = EnsembleResult(result, names, cand_src, cand_vis, sel.scores, sel.chosen, select, choice.logits, seconds, dec)
-    meta["chosen_counts"] = out.counts()
-    result.extra_files["selection.npz"] = out.selection_arrays()
-    return out
+    out = job.run(progress, stage)
+    return out.result if isinstance(out, EnsembleResult) else out
 
 
 def check_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
-    """``"npz,csv"`` or a sequence -> checked tuple of output formats."""
-    items = formats.split(",") if isinstance(formats, str) else list(formats)
-    fmt = tuple(f.strip() for f in items if f.strip())
-    bad = [f for f in fmt if f not in FORMATS]
-    if bad:
-        raise PtrackError(f"--format {','.join(fmt)!r}: unknown format {bad[0]!r} (choose from {','.join(FORMATS)})")
-    return fmt
+    """``"npz,csv"`` or a sequence -> checked tuple of output formats (see :func:`~.io.writers.check_outputs`)."""
+    return check_outputs(formats, True)
 
 
 def prepare_out_dir(out_dir: str | Path, video: str | Path) -> Path:
@@ -412,6 +315,10 @@ def prepare_out_dir(out_dir: str | Path, video: str | Path) -> Path:
     return ensure_out_dir(out_dir)
 
 
+def _files_asked(formats: Sequence[str], overlay: bool) -> dict:
+    return {"formats": sorted(formats), "overlay": bool(overlay)}
+
+
 def write_outputs(
     result: TrackResult,
     out_dir: str | Path,
@@ -420,41 +327,101 @@ def write_outputs(
     overlay: bool = True,
     video: Video | None = None,
     progress: ProgressFn | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
-    """Write ``tracks.npz`` / ``tracks.csv`` / the result's ``extra_files`` / ``overlay.mp4`` into ``out_dir``.
+    """Write ``tracks.npz`` / ``tracks.csv`` / the result's ``extra_files`` / ``overlay.mp4`` into ``out_dir`` as
+    one output set (:mod:`pointtrack_cli.io.outputs`: the manifest ``ptrack.json`` last), returning its files.
 
-    Every file is written atomically. The overlay draws on ``video`` (the same selection as the result);
-    without one, the video the result was made from is opened again (its path and selection are in ``meta``).
+    The rerun rule applies: the same job's complete set (``meta["job"]`` and the files asked for) is left as it
+    is; another job's is refused unless ``overwrite``. The overlay draws on ``video`` (the same selection as the
+    result); without one, the video the result was made from is opened again (path and selection in ``meta``).
     """
-    out = ensure_out_dir(out_dir)
-    written: list[Path] = []
-    formats = check_formats(formats)
-    if "npz" in formats:
-        written.append(save_npz(result, out / "tracks.npz"))
-    if "csv" in formats:
-        written.append(save_csv(result, out / "tracks.csv"))
-    for name, arrays in result.extra_files.items():
-        written.append(save_arrays(arrays, out / name))
-    if overlay:
-        if video is None:
-            video = _reopen(result)
-        q_index = np.searchsorted(result.frame_indices, result.queries[:, 0].astype(np.int64))
-        step = int(video.frame_indices[1] - video.frame_indices[0]) if len(video.frame_indices) > 1 else 1
-        written.append(
-            write_overlay(video.source_frames(), result.tracks, result.visibility, q_index, result.queries[:, 2],
-                          result.fps / max(1, step), out / "overlay.mp4", progress)
-        )
-    return written
+    fmt = check_outputs(formats, overlay)
+    inputs = result.meta.get("job") or {"result": array_digest(result.tracks), "queries": array_digest(result.queries)}
+    job = {**inputs, "files": _files_asked(fmt, overlay)}
+    key = digest(job)
+    with OutputSet(out_dir, names=OUTPUT_NAMES, overwrite=overwrite) as outs:
+        if outs.decide(key, job):
+            return outs.files
+        write_result(result, outs, formats=fmt, overlay=overlay, video=video, progress=progress)
+        return outs.commit(key, job, {"command": result.meta.get("command")})
 
 
-def _reopen(result: TrackResult) -> Video:
-    """The frames a result was tracked on, from its metadata (for the overlay)."""
-    m = result.meta
-    path = Path(str(m.get("video", "")))
-    if not path.exists():
-        raise PtrackError(f"the overlay needs the video, and {path} is gone: pass video=... or overlay=False")
-    return open_video(path, start=int(m.get("start") or 0), end=m.get("end"), stride=int(m.get("stride") or 1),
-                      max_size=m.get("max_size"))
+@dataclass
+class Outputs:
+    """What :func:`track_to` / :func:`ensemble_to` did: the folder, its files, whether the run was skipped (the
+    same job's complete set was there), the job key, and the result (None when skipped)."""
+
+    folder: Path
+    files: list[Path]
+    skipped: bool
+    key: str
+    result: TrackResult | None = None
+    ensemble: EnsembleResult | None = None
+
+
+def run_to(job: TrackJob | EnsembleJob, source: str | Path | Video, out_dir: str | Path, formats: Sequence[str] | str,
+           overlay: bool, overwrite: bool, progress: ProgressFn | None = None, stage: StageFn | None = None) -> Outputs:
+    """A planned job into the output set ``out_dir``: the rerun rule, then run, write, commit (see :func:`track_to`).
+
+    One call per video and folder: a batch gives each video its own subfolder (its own set and manifest).
+    ``source``: the job's input as given (``out_dir`` may not be it).
+    """
+    fmt = check_outputs(formats, overlay)
+    if not isinstance(source, Video) and Path(out_dir).resolve() == Path(source).resolve():
+        raise PtrackError(f"--out {out_dir} is the input video: choose another output folder")
+    files_job = {**job.inputs, "files": _files_asked(fmt, overlay)}
+    key = digest(files_job)
+    # The set is opened after planning (bad inputs fail without touching --out) and before tracking (a bad --out
+    # or another job's outputs fail before the long work; a failed run removes the folder it created).
+    with OutputSet(out_dir, names=OUTPUT_NAMES, overwrite=overwrite) as outs:
+        if outs.decide(key, files_job):
+            return Outputs(outs.folder, outs.files, True, key)
+        out = job.run(progress, stage)
+        result, ens = (out.result, out) if isinstance(out, EnsembleResult) else (out, None)
+        if overlay and stage is not None:
+            stage("writing overlay", result.num_frames)
+        write_result(result, outs, formats=fmt, overlay=overlay, video=ens.video if ens else None, progress=progress)
+        files = outs.commit(key, files_job, {"command": result.meta.get("command")})
+    return Outputs(outs.folder, files, False, key, result, ens)
+
+
+def track_to(
+    out_dir: str | Path,
+    video: str | Path | Video,
+    *,
+    formats: Sequence[str] | str = FORMATS,
+    overlay: bool = True,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    stage: StageFn | None = None,
+    **options: Any,
+) -> Outputs:
+    """:func:`track` (``options``: its arguments) into the output set ``out_dir`` (what ``ptrack track`` runs).
+
+    Planned first; then the rerun rule decides before any tracking: the same job's complete set is skipped
+    (``Outputs.skipped``), another job's is refused unless ``overwrite``. On any failure (an exception, Ctrl-C,
+    SIGTERM) the folder is left as :mod:`pointtrack_cli.io.outputs` describes.
+    """
+    job = plan_track(video, **options)
+    return run_to(job, video, out_dir, formats, overlay, overwrite, progress, stage)
+
+
+def ensemble_to(
+    out_dir: str | Path,
+    video: str | Path | Video,
+    queries: str | Path | np.ndarray | None = None,
+    *,
+    formats: Sequence[str] | str = FORMATS,
+    overlay: bool = True,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    stage: StageFn | None = None,
+    **options: Any,
+) -> Outputs:
+    """:func:`ensemble` (``options``: its arguments) into the output set ``out_dir``, as :func:`track_to`."""
+    job = plan_ensemble(video, queries, **options)
+    return run_to(job, video, out_dir, formats, overlay, overwrite, progress, stage)
 
 
 def summary(result: TrackResult) -> dict[str, str]:
@@ -474,5 +441,7 @@ def summary(result: TrackResult) -> dict[str, str]:
         rows["frames/s"] = f"{result.num_frames / max(float(secs), 1e-9):.1f}"
     elif isinstance(secs, dict):
         rows["time"] = ", ".join(f"{k} {v:.1f} s" for k, v in secs.items())
+    if result.meta.get("decode_errors"):
+        rows["decode errors"] = f"{result.meta['decode_errors']} (the video is damaged; see meta decode_messages)"
     return rows
 

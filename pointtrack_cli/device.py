@@ -13,8 +13,13 @@ use               auto on CUDA               why
 
 On the CPU ``auto`` is always fp32. An explicit ``fp32``, ``bf16`` or ``fp16`` is honoured on CUDA; on the
 CPU a tracker honours ``bf16`` (autocast) where its wrapper supports it, the other uses run fp32.
+
+Host memory: :func:`check_memory` refuses, before a run starts, arrays that cannot fit in what the OS can give
+(:func:`available_memory`), with the estimate and the way out.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -54,3 +59,45 @@ def autocast(device: str, precision: str):
     """The autocast context for a resolved ``precision`` (a no-op context for fp32)."""
     dtype = DTYPES[precision]
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory: refuse a run whose arrays cannot fit, before it starts, with the estimate and the way out
+
+OUTPUT_BYTES_PER_POINT_FRAME = 48
+"""Host memory per (point, frame) that every run holds whatever the tracker: the tracker's output (tracks
+float32 x2, visibility, probability, confidence: 17 bytes), its float64 copy mapped to original pixels (16) and
+the float32 result (17), rounded down to 48 because the copies do not all live at once."""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the OS can give this process now (Linux ``MemAvailable``; else physical memory; None if
+    unknown, then nothing is refused)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    """``123456789`` -> ``"117.7 MiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def check_memory(needed: float, what: str, way_out: str) -> None:
+    """One line when ``needed`` bytes exceed :func:`available_memory`: what needs it, both sizes, the way out."""
+    avail = available_memory()
+    if avail is not None and needed > avail:
+        raise PtrackError(f"{what} needs about {format_bytes(needed)} of memory, more than the {format_bytes(avail)} "
+                          f"available: {way_out}")

@@ -3,22 +3,35 @@
 Queries are float arrays ``[N, 3]`` with rows ``(t, x, y)``: ``t`` a source frame number, ``x, y`` pixels of
 the original video, (0, 0) = centre of the top-left pixel (the OpenCV convention). Grids are placed as the
 official RealTracker predictor places them: at the model resolution, then mapped to the video.
+
+Limits, checked before anything is allocated: a query file holds at most :data:`MAX_QUERY_ROWS` rows; a grid
+whose arrays cannot fit in memory is refused with the estimate (:func:`~pointtrack_cli.device.check_memory`);
+more points on one frame than the frame has pixels is allowed but warned about (``warnings.warn``).
 """
 from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
+from .device import OUTPUT_BYTES_PER_POINT_FRAME, check_memory
 from .errors import PtrackError
 from .geometry import MODEL_RESOLUTION, model_to_input, official_grid
 from .io.video import Video
 
 DEFAULT_GRID = 10  # with no query source at all
+MAX_QUERY_ROWS = 1_000_000
+"""Most rows a query file may hold (CSV, NPY or JSON): a million points already need ~48 MB per tracked frame."""
+
+
+def _too_many(path: Path, n: int | str) -> PtrackError:
+    return PtrackError(f"{path} holds {n} queries, more than the {MAX_QUERY_ROWS:,} a query file may hold "
+                       "(split the points over several runs)")
 
 
 
@@ -55,15 +68,21 @@ def load_query_file(path: str | Path) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:
-            arr = np.load(path, allow_pickle=False)
+            arr = np.load(path, allow_pickle=False, mmap_mode="r")  # the header first: refuse huge files unread
         except Exception as exc:
             raise PtrackError(f"cannot read {path}: {exc} (expected a float array [N, 3] of t, x, y)") from None
-        return _check_rows(arr, str(path))
+        if arr.ndim >= 1 and arr.shape[0] > MAX_QUERY_ROWS:
+            raise _too_many(path, f"{arr.shape[0]:,}")
+        if arr.dtype.kind not in "biuf":
+            raise PtrackError(f"{path}: queries must be numbers (t, x, y), got an array of dtype {arr.dtype}")
+        return _check_rows(np.array(arr), str(path))
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a UTF-8 BOM is skipped
         except (ValueError, UnicodeDecodeError) as exc:
             raise PtrackError(f"{path} is not valid JSON: {exc}") from None
+        if isinstance(data, list) and len(data) > MAX_QUERY_ROWS:
+            raise _too_many(path, f"{len(data):,}")
         rows = []
         for i, item in enumerate(data if isinstance(data, list) else [None]):
             if isinstance(item, dict):
@@ -80,7 +99,7 @@ def load_query_file(path: str | Path) -> np.ndarray:
         return _check_rows(np.array(rows).reshape(-1, 3), str(path))
     # CSV (any other suffix)
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: Excel's UTF-8 BOM is not a header char
     except UnicodeDecodeError:
         raise PtrackError(f"{path} is not a text CSV file (expected header t,x,y)") from None
     reader = csv.reader(lines)
@@ -101,6 +120,8 @@ def load_query_file(path: str | Path) -> np.ndarray:
         if not np.isfinite(row).all():
             raise PtrackError(f"{path}, line {lineno}: NaN or infinite value (give finite t, x, y)")
         rows.append(row)
+        if len(rows) > MAX_QUERY_ROWS:
+            raise _too_many(path, "more than that")
     if not rows:
         raise PtrackError(f"{path} holds no queries (add rows t,x,y below the header)")
     return np.array(rows, dtype=np.float64)
@@ -162,21 +183,51 @@ def build_queries(
     ``explicit`` is True when any point came from a file, ``--point`` or a mask (the official predictor then
     adds its support grid). With no source at all, a 10x10 grid is used.
     """
+    if grid is not None and grid < 1:
+        raise PtrackError(f"--grid {grid}: give at least 1 (a GRID x GRID lattice of points), or leave it out")
     parts: list[np.ndarray] = []
     explicit = False
     if queries is not None:
         parts.append(queries if isinstance(queries, np.ndarray) else load_query_file(queries))
         explicit = True
+        _warn_if_denser_than_pixels(parts[-1], video, "the queries")
     for p in points:
         parts.append(parse_point(p))
         explicit = True
     if grid is not None or mask is not None or not parts:
         frame = int(video.frame_indices[0]) if grid_frame is None else int(grid_frame)
         m = load_mask(mask, model_hw) if mask is not None else None
-        parts.append(grid_queries(DEFAULT_GRID if grid is None else grid, frame, video.source_size, model_hw, m))
+        g = DEFAULT_GRID if grid is None else int(grid)
+        check_grid_memory(g, video.num_frames)
+        w, h = video.source_size
+        if g * g > w * h:
+            warnings.warn(f"--grid {g} places {g * g:,} points on a {w}x{h} frame, more points than pixels "
+                          "(neighbours will track the same pixel; a smaller --grid is as informative)", stacklevel=2)
+        parts.append(grid_queries(g, frame, video.source_size, model_hw, m))
         explicit = explicit or mask is not None
     q = np.concatenate([np.asarray(p, np.float64).reshape(-1, 3) for p in parts], axis=0)
     return q, explicit
+
+
+def check_grid_memory(g: int, num_frames: int) -> None:
+    """Refuse a ``g x g`` grid whose arrays cannot fit in memory, before building it (one line, the estimate)."""
+    n = g * g
+    # grid placement (float64 x, y), the queries (float64 t, x, y), then the outputs over every frame
+    needed = n * (16 + 24) + n * max(1, num_frames) * OUTPUT_BYTES_PER_POINT_FRAME
+    check_memory(needed, f"--grid {g} ({n:,} points over {num_frames} frames)",
+                 "track fewer points (a smaller --grid) or fewer frames (--end, --stride)")
+
+
+def _warn_if_denser_than_pixels(q: np.ndarray, video: Video, what: str) -> None:
+    """Warn when more points sit on one frame than it has pixels (allowed: points may share a pixel)."""
+    q = np.asarray(q, np.float64).reshape(-1, 3)
+    w, h = video.source_size
+    if len(q) <= w * h:
+        return
+    _, counts = np.unique(q[:, 0], return_counts=True)
+    if counts.max() > w * h:
+        warnings.warn(f"{what} put {int(counts.max()):,} points on one {w}x{h} frame, more points than pixels "
+                      "(neighbours will track the same pixel)", stacklevel=3)
 
 
 def validate_queries(q: np.ndarray, video: Video) -> np.ndarray:

@@ -2,18 +2,28 @@
 
 This is the only place that turns library events into terminal output: :class:`PtrackError` becomes one
 red line and exit code 2 (:class:`PtrackGroup`), ``progress(n)`` / ``stage(description, total)`` callbacks
-become rich progress bars (:func:`stages`), result dicts become tables (:func:`key_value_table`).
+become rich progress bars (:func:`stages`), result dicts become tables (:func:`key_value_table`), Python
+warnings become one yellow line each.
+
+Every failure is one line (:class:`PtrackGroup`): a :class:`PtrackError` (exit 2); an ``OSError`` the library
+did not convert (exit 2, naming the file); ``MemoryError`` (exit 2, with numpy's size); Ctrl-C (exit 130) and
+SIGTERM (exit 143), which the handler here raises as :class:`~pointtrack_cli.errors.Terminated`, a
+``KeyboardInterrupt``, so the library's ``finally`` blocks and context managers clean up as for Ctrl-C (an
+output set's staging folder is removed, see :mod:`pointtrack_cli.io.outputs`).
 """
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
     TransferSpeedColumn,
@@ -21,26 +31,74 @@ from rich.progress import (
 from rich.table import Table
 from typer.core import TyperGroup
 
-from ..errors import PtrackError
+from ..errors import PtrackError, Terminated
 
 console = Console(stderr=True)  # progress, notes and summaries; result tables of `eval` go to stdout
 stdout = Console()
 
 Advance = Callable[..., None]
+
+OVERWRITE_HELP = ("Replace another job's complete outputs in --out (refused otherwise); also recomputes a complete "
+                  "set of the same job instead of skipping it.")
+STRICT_DECODE_HELP = "Refuse a damaged video (ffmpeg decode errors) instead of tracking it with a warning."
 Stage = Callable[[str, int | None], None]
 
 
+def _error_line(text: str) -> None:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(text)}", markup=True)
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the CLI: one yellow line, no source location."""
+    text = " ".join(str(message).split())
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[yellow]warning:[/] {escape(text)}", markup=True)
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _signals_and_warnings() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` (main thread only; restored after); warnings print one line each, ptrack's
+    own once per command (the added filter also resets what earlier commands in this process already showed)."""
+    previous = None
+    if hasattr(signal, "SIGTERM") and signal.getsignal(signal.SIGTERM) is not _raise_terminated:
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("default", module=r"pointtrack_cli(\.|$)")
+            warnings.showwarning = _warning_line
+            yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 class PtrackGroup(TyperGroup):
-    """Click group that turns :class:`PtrackError` into one red line on stderr and exit code 2."""
+    """Click group that turns every failure into one line on stderr (see the module docstring for exit codes)."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with _signals_and_warnings():
+                return super().invoke(ctx)
         except PtrackError as exc:
-            Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {exc}", markup=True)
+            _error_line(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except MemoryError as exc:
+            size = str(exc).strip() or "an allocation failed"
+            _error_line(f"out of memory: {size} (track fewer points or frames: --grid, --end, --stride; or --max-size)")
+            raise typer.Exit(2) from None
+        except OSError as exc:  # found late (a file vanished, a disk failed): name it, no traceback
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            _error_line(f"{exc.strerror or exc}{where}")
+            raise typer.Exit(2) from None
+        except Terminated as exc:
+            Console(stderr=True).print(f"terminated (signal {exc.signum}); partial outputs removed")
+            raise typer.Exit(128 + exc.signum) from None
         except KeyboardInterrupt:
-            Console(stderr=True).print("interrupted")
+            Console(stderr=True).print("interrupted; partial outputs removed")
             raise typer.Exit(130) from None
 
 
@@ -91,6 +149,12 @@ def download_bar(description: str, quiet: bool) -> Iterator[Callable[[int, int |
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=None)
         yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
+def skipped_line(folder: Path) -> None:
+    """The one line of a rerun that found its own complete outputs (exit 0)."""
+    console.print(f"skipped: {folder} already holds the complete outputs of this job (ptrack.json); "
+                  "--overwrite recomputes them", highlight=False, soft_wrap=True)
 
 
 def key_value_table(title: str, rows: Mapping[str, str] | Sequence[tuple[str, str]]) -> Table:

@@ -13,7 +13,10 @@ from rich.table import Table
 from .. import api
 from ..device import check_precision
 from ..errors import PtrackError
-from .common import command_line, console, default_out, key_value_table, parse_hw, split_list, stages
+from .common import (
+    OVERWRITE_HELP, STRICT_DECODE_HELP, command_line, console, default_out, key_value_table, parse_hw, skipped_line,
+    split_list, stages,
+)
 
 _HELP = (
     "Run several trackers (teachers) on VIDEO and keep, per frame and point, the candidate the Track-On-R verifier "
@@ -65,6 +68,8 @@ def ensemble_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: ./<video stem>_ensemble)."),
     formats: str = typer.Option("npz,csv", "--format", help="Comma-separated subset of npz,csv."),
     no_overlay: bool = typer.Option(False, "--no-overlay", help="Do not write overlay.mp4."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    strict_decode: bool = typer.Option(False, "--strict-decode", help=STRICT_DECODE_HELP),
     start: int = typer.Option(0, "--start", help="First source frame to track."),
     end: Optional[int] = typer.Option(None, "--end", help="Stop before this source frame."),
     stride: int = typer.Option(1, "--stride", help="Track every STRIDE-th frame."),
@@ -79,25 +84,26 @@ def ensemble_command(
     if more_candidates and not candidates:
         raise PtrackError(f"unexpected argument {more_candidates[0]} (one VIDEO only; candidate files follow --candidates)")
     teacher_ids = split_list([teachers]) if teachers else []
-    fmt = api.check_formats(formats)
+    fmt = api.check_outputs(formats, not no_overlay)
     check_precision(precision)
     hw = parse_hw(resolution)
-    out_dir = api.prepare_out_dir(out or default_out(video, "ensemble"), video)
+    out_dir = out or default_out(video, "ensemble")
     with stages(quiet) as (stage, advance):
-        res = api.ensemble(
-            video, queries, teachers=teacher_ids, candidates=cand_files, select=select, verifier_weights=verifier_weights,
+        done = api.ensemble_to(
+            out_dir, video, queries, formats=fmt, overlay=not no_overlay, overwrite=overwrite, progress=advance,
+            stage=stage, teachers=teacher_ids, candidates=cand_files, select=select, verifier_weights=verifier_weights,
             device=device, precision=precision, seed=seed, grid=grid, grid_frame=grid_frame, mask=mask, points=point,
             backward=backward, resolution=hw, start=start, end=end, stride=stride, max_size=max_size,
-            progress=advance, stage=stage, quiet=quiet, command=command_line(),
+            quiet=quiet, command=command_line(), strict_decode=strict_decode,
         )
-        if not no_overlay:
-            stage("writing overlay", res.result.num_frames)
-        written = api.write_outputs(res.result, out_dir, formats=fmt, overlay=not no_overlay, video=res.video,
-                                    progress=advance)
+    if done.skipped:  # said even with --quiet: the one sign that nothing was computed
+        skipped_line(done.folder)
+        return
     if quiet:
         return
+    res = done.ensemble
     console.print(counts_table(res.counts(), f"ptrack ensemble ({res.select})"))
-    rows = list(api.summary(res.result).items()) + [("wrote", str(p)) for p in written]
+    rows = list(api.summary(res.result).items()) + [("wrote", str(p)) for p in done.files]
     console.print(key_value_table("ptrack ensemble", rows))
 
 

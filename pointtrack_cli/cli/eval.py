@@ -7,6 +7,7 @@ papers print them; the JSON keeps the fractions).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from enum import Enum
@@ -28,7 +29,9 @@ from ..eval.metrics import THRESHOLDS, mean_over_videos
 from ..eval.report import comparison_rows, plot_bars, results_payload, write_json
 from ..eval.runner import VideoResult, evaluate_tracker, score_directory
 from ..geometry import MODEL_RESOLUTION
-from ..io.atomic import ensure_out_dir
+from ..device import resolve_device
+from ..io.identity import path_identity, weights_identity
+from ..io.outputs import output_folder
 from ..trackers.base import Tracker
 from .common import PtrackGroup, check_vis_threshold, console, parse_hw, progress_bar, stdout
 
@@ -269,7 +272,8 @@ def tapvid(
     gt_scale: int = typer.Option(256, "--gt-scale", help=_GT_SCALE_HELP),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first K videos."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every number (per video and mean, fractions) to this JSON file."),
-    save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Folder for one NPZ per video: tracks [T,Q,2] (x,y) and occluded [T,Q] at 256x256, plus the query points."),
+    save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Folder for one NPZ per video: tracks [T,Q,2] (x,y) and occluded [T,Q] at 256x256, plus the query points; each with its manifest <video>.ptrack.json, so a stopped run resumes from the videos it finished."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="With --save-predictions: replace predictions of another job (other model or options) in the folder instead of refusing, and recompute those of this job."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG bar plot of per-video AJ and <δ_avg."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or notes (the result tables are still printed)."),
     select: Optional[str] = typer.Option(None, "--select", help="With ensemble:...: verifier (default; arg-max of the Track-On-R verifier, needs its weights), random (one teacher per video) or median (per-frame median of the visible candidates, no weights)."),
@@ -290,8 +294,6 @@ def tapvid(
     hw = parse_hw(resolution)
     is_ensemble = _check_ensemble_options(model, select, verifier_weights, oracle, weights, occlusion_rule)
     ds = open_dataset(dataset.value, data, gt_scale)
-    if save_predictions is not None:
-        ensure_out_dir(save_predictions)
     # 'first' never scores frames before the query, so backward tracking is only needed for 'strided'.
     backward = mode is Mode.strided
     # Built once for the whole run (an ensemble: every teacher and the verifier). No support grid of the
@@ -319,14 +321,29 @@ def tapvid(
         "model_resolution": list(model_hw),
     }
     npz_meta = {k: v for k, v in meta.items() if k in ("dataset", "protocol", "model", "gt_scale")}
+    # What determines each video's predictions (its set's job key adds the video): not --limit, --json, --plot.
+    teachers = parse_spec(model) if is_ensemble else []
+    job = {
+        **meta, "kind": "eval-tapvid", "data": path_identity(data), "model_id": model,
+        "weights": [weights_identity(t.id, t.weights) for t in teachers] if is_ensemble else weights_identity(model, weights),
+        "device": resolve_device(device), "precision": precision, "resolution": hw, "vis_threshold": vis_threshold,
+        "select": select, "verifier_weights": weights_identity("verifier", verifier_weights) if is_ensemble else None,
+        "seed": seed,
+    }
     t0 = time.perf_counter()
-    results = _run_loop(
-        evaluate_tracker(
-            tracker, ds, mode.value, protocol.value, limit=limit, save_dir=save_predictions, model_hw=model_hw,
-            occlusion_rule=rule, support=not no_support, meta=npz_meta, oracle=oracle,
-        ),
-        ds, limit, f"{dataset.value} ({tracker.name}, {mode.value}, {protocol.value})", quiet,
-    )
+    with contextlib.ExitStack() as stack:
+        if save_predictions is not None:  # removed again if the run fails before a video's set is complete
+            stack.enter_context(output_folder(save_predictions))
+        results = _run_loop(
+            evaluate_tracker(
+                tracker, ds, mode.value, protocol.value, limit=limit, save_dir=save_predictions, model_hw=model_hw,
+                occlusion_rule=rule, support=not no_support, meta=npz_meta, oracle=oracle, job=job, overwrite=overwrite,
+            ),
+            ds, limit, f"{dataset.value} ({tracker.name}, {mode.value}, {protocol.value})", quiet,
+        )
+    resumed = sum(bool(r.extra.get("resumed")) for r in results)
+    if resumed and not quiet:
+        console.print(f"resumed: {resumed} video(s) scored from the complete predictions in {save_predictions}")
     meta.update(
         tracker_settings=tracker.settings(),
         weights=getattr(tracker, "weights_info", None) or "none",

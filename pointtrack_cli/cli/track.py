@@ -1,4 +1,4 @@
-"""``ptrack track``: options -> :func:`pointtrack_cli.api.track` -> :func:`pointtrack_cli.api.write_outputs` -> a summary."""
+"""``ptrack track``: options -> :func:`pointtrack_cli.api.track_to` (plan, rerun rule, track, output set) -> a summary."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,10 @@ import typer
 
 from .. import api
 from ..device import check_precision
-from .common import check_vis_threshold, command_line, console, default_out, key_value_table, parse_hw, stages
+from .common import (
+    OVERWRITE_HELP, STRICT_DECODE_HELP, check_vis_threshold, command_line, console, default_out, key_value_table, parse_hw,
+    skipped_line, stages,
+)
 from .ensemble import counts_table
 
 _MODEL_HELP = (
@@ -29,6 +32,8 @@ def track_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: ./<video stem>_ptrack)."),
     formats: str = typer.Option("npz,csv", "--format", help="Comma-separated subset of npz,csv."),
     no_overlay: bool = typer.Option(False, "--no-overlay", help="Do not write overlay.mp4."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    strict_decode: bool = typer.Option(False, "--strict-decode", help=STRICT_DECODE_HELP),
     start: int = typer.Option(0, "--start", help="First source frame to track."),
     end: Optional[int] = typer.Option(None, "--end", help="Stop before this source frame."),
     stride: int = typer.Option(1, "--stride", help="Track every STRIDE-th frame."),
@@ -49,28 +54,34 @@ def track_command(
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16 (CUDA; auto = fp32 for trackers, fp16 for the verifier)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or summary."),
 ) -> None:
-    """Track points through VIDEO and write tracks.npz, tracks.csv and overlay.mp4."""
-    fmt = api.check_formats(formats)
+    """Track points through VIDEO and write tracks.npz, tracks.csv and overlay.mp4 (then ptrack.json, the manifest).
+
+    A rerun of the same job into the same --out is skipped; another job's complete outputs there are refused
+    unless --overwrite. A failed or stopped run leaves the previous outputs, or none: never a mix.
+    """
+    fmt = api.check_outputs(formats, not no_overlay)
     check_precision(precision)
     check_vis_threshold(vis_threshold)
     hw = parse_hw(resolution)
-    out_dir = api.prepare_out_dir(out or default_out(video, "ptrack"), video)  # fail before the long work
+    out_dir = out or default_out(video, "ptrack")
     options = {k: v for k, v in (("features", features), ("flow", flow), ("mask_video", mask_video)) if v is not None}
     # The model is built (and its weights fetched) before the first bar appears: errors come first and alone.
     with stages(quiet) as (stage, advance):
-        result = api.track(
-            video, model=model, grid=grid, grid_frame=grid_frame, mask=mask, queries=queries, points=point,
+        done = api.track_to(
+            out_dir, video, formats=fmt, overlay=not no_overlay, overwrite=overwrite, progress=advance, stage=stage,
+            model=model, grid=grid, grid_frame=grid_frame, mask=mask, queries=queries, points=point,
             start=start, end=end, stride=stride, max_size=max_size, weights=weights, device=device, resolution=hw,
             backward=backward, precision=precision, vis_threshold=vis_threshold, support_grid=not no_support_grid,
             iters=iters, options=options or None, select=select, verifier_weights=verifier_weights, seed=seed,
-            progress=advance, stage=stage, quiet=quiet, command=command_line(),
+            quiet=quiet, command=command_line(), strict_decode=strict_decode,
         )
-        if not no_overlay:
-            stage("writing overlay", result.num_frames)
-        written = api.write_outputs(result, out_dir, formats=fmt, overlay=not no_overlay, progress=advance)
+    if done.skipped:  # said even with --quiet: the one sign that nothing was computed
+        skipped_line(done.folder)
+        return
     if quiet:
         return
+    result = done.result
     if "chosen_counts" in result.meta:
         console.print(counts_table(result.meta["chosen_counts"], f"ptrack track ({model}, {select})"))
-    rows = list(api.summary(result).items()) + [("wrote", str(p)) for p in written]
+    rows = list(api.summary(result).items()) + [("wrote", str(p)) for p in done.files]
     console.print(key_value_table("ptrack track", rows))

@@ -2,6 +2,6 @@
 
 ``selection`` (pure choice rules), ``verifier`` (weights, model, the one runner), ``teachers`` (run the
 teachers, candidate files, :func:`~pointtrack_cli.ensemble.teachers.choose`), ``tracker`` (the ensemble as a
-:class:`~pointtrack_cli.trackers.base.Tracker` for ``--model ensemble:...``). The whole pipeline on a video
-file is :func:`pointtrack_cli.api.ensemble`.
+:class:`~pointtrack_cli.trackers.base.Tracker` for ``--model ensemble:...``), ``run`` (the whole pipeline on a
+video file: ``plan_ensemble``, ``EnsembleJob``, ``ensemble``, re-exported by :mod:`pointtrack_cli.api`).
 """

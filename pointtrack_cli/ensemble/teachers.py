@@ -57,18 +57,27 @@ class TeacherSpec:
 def parse_teachers(items: Sequence[str | tuple]) -> list[TeacherSpec]:
     """``["lk", "realtracker-online=w.pth", "trackon-r"]`` -> specs; a preset name expands to its teachers.
 
-    Items are ``ID``, ``ID=WEIGHTS``, ``(ID, WEIGHTS)`` or a preset name (:data:`PRESETS`).
+    Items are ``ID``, ``ID=WEIGHTS``, ``(ID, WEIGHTS)`` or a preset name (:data:`PRESETS`). ``ID=WEIGHTS``
+    naming a teacher of a preset in the same list gives that teacher its local weights instead of adding
+    one (``trackon-r,bootstapir=b.pt,...``).
     """
-    out: list[TeacherSpec] = []
+    pairs = []
     for item in items:
         tid, path = (str(item[0]), item[1]) if isinstance(item, tuple) else str(item).partition("=")[::2]
-        tid, path = tid.strip(), (str(path).strip() or None) if path else None
+        pairs.append((tid.strip(), (str(path).strip() or None) if path else None))
+    out: list[TeacherSpec] = []
+    for tid, path in pairs:  # presets expand in place
         if tid in PRESETS:
             if path:
-                raise PtrackError(f"preset {tid} takes no weights path; give its teachers one by one as ID=PATH")
+                raise PtrackError(f"preset {tid} takes no weights path; give its teachers theirs as ID=PATH")
             out.extend(TeacherSpec(t, None, True) for t in PRESETS[tid])
         elif tid:
             out.append(TeacherSpec(tid, path))
+    for extra in [s for s in out if not s.official and s.weights is not None]:
+        slot = next((i for i, s in enumerate(out) if s.official and s.id == extra.id and s.weights is None), None)
+        if slot is not None:
+            out[slot] = TeacherSpec(extra.id, extra.weights, True)
+            out.remove(extra)
     return out
 
 
@@ -90,7 +99,10 @@ def load_candidate_files(paths: Sequence[str | Path], video: Video) -> tuple[lis
     """
     out, queries = [], None
     for p in paths:
-        r = load_tracks(p)
+        r = load_tracks(p, frame_size=video.source_size)  # every array checked, coordinates near this frame
+        if r.num_points and np.isnan(r.queries).all():
+            raise PtrackError(f"candidates {p}: no 'queries' array (ptrack's tracks.npz schema stores the query "
+                              "points [N, 3] (t, x, y); add them so the candidates can be matched to the queries)")
         if r.num_frames != video.num_frames or (len(r.frame_indices) and not np.array_equal(r.frame_indices, video.frame_indices)):
             raise PtrackError(
                 f"candidates {p}: frames {int(r.frame_indices[0])}..{int(r.frame_indices[-1])} ({r.num_frames}) do not match "

@@ -6,12 +6,15 @@ normalised coordinates to 256-pixel coordinates by a pure x256 scale, and ``occl
 (True = not visible). :func:`sample_queries` then builds the 'first' or 'strided' query set.
 
 The annotation files are Python pickles. They are read only from the path the user gives, with an
-unpickler that accepts nothing but dicts, lists and NumPy arrays, so a crafted file cannot run code.
+unpickler that accepts nothing but dicts, lists and NumPy arrays, so a crafted file cannot run code. Arrays are
+built only the way NumPy pickles them (an empty array from ``_reconstruct``, then its bytes from the file), and
+no array may be larger than :data:`ARRAY_BUDGET` times the file: a 43-byte pickle cannot allocate a gigabyte.
 """
 from __future__ import annotations
 
 import _codecs
 import math
+import os
 import pickle
 import re
 from collections import OrderedDict
@@ -50,6 +53,19 @@ _ROBOTAP_GLOB = "robotap_split*.pkl"
 # Safe pickle loading
 
 
+ARRAY_BUDGET = 2
+"""An array in a pickle may hold at most this many times the file's size (+ 64 KiB) in bytes. NumPy's own pickles
+carry every array's bytes in the file, so real datasets stay far below; only a crafted shape can exceed it."""
+
+
+class _NdarrayToken:
+    """Stands for ``numpy.ndarray`` inside a pickle: only :meth:`_ArrayUnpickler.reconstruct` may use it (calling
+    ``numpy.ndarray(shape)`` directly would allocate any size the file names)."""
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError("refusing to call numpy.ndarray directly (not how NumPy pickles arrays)")
+
+
 def _numpy_global(module: str, name: str) -> Any:
     """The NumPy globals an array pickle needs, or None.
 
@@ -70,9 +86,30 @@ def _numpy_global(module: str, name: str) -> Any:
 
 
 class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles only containers and NumPy arrays: any other global is refused (no code execution)."""
+    """Unpickles only containers and NumPy arrays: any other global is refused (no code execution), and arrays
+    come only through :meth:`reconstruct`, capped at ``max_bytes``."""
+
+    def __init__(self, file, max_bytes: int = 1 << 20) -> None:
+        super().__init__(file)
+        self.max_bytes = max_bytes
+
+    def reconstruct(self, cls: Any, shape: Any, dtype: Any) -> np.ndarray:
+        """NumPy's ``_reconstruct(ndarray, shape, typecode)``, refusing sizes beyond the budget."""
+        if cls is not _NdarrayToken:
+            raise pickle.UnpicklingError("refusing to reconstruct an array subclass")
+        try:
+            n = math.prod(int(v) for v in shape) * np.dtype(dtype).itemsize
+        except (TypeError, ValueError):
+            raise pickle.UnpicklingError("refusing an array with a malformed shape or dtype") from None
+        if n > self.max_bytes:
+            raise pickle.UnpicklingError(f"refusing an array of {n:,} bytes in a pickle that allows {self.max_bytes:,}")
+        return _multiarray._reconstruct(np.ndarray, shape, dtype)
 
     def find_class(self, module: str, name: str) -> Any:
+        if module == "numpy" and name == "ndarray":
+            return _NdarrayToken
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
+            return self.reconstruct
         obj = _numpy_global(module, name)
         if obj is None:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
@@ -83,7 +120,8 @@ def load_pickle(path: Path) -> Any:
     """Load a TAP-Vid pickle (dicts/lists of NumPy arrays only); PtrackError if it is anything else."""
     try:
         with open(path, "rb") as f:
-            return _ArrayUnpickler(f).load()
+            budget = ARRAY_BUDGET * os.fstat(f.fileno()).st_size + (64 << 10)
+            return _ArrayUnpickler(f, budget).load()
     except OSError as exc:
         raise PtrackError(f"cannot read {path}: {exc.strerror} (check the path given to --data)") from None
     except pickle.UnpicklingError as exc:

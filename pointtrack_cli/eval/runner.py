@@ -36,7 +36,10 @@ from ..trackers.base import Tracker
 from .datasets import Queries, TapVidDataset, sample_queries
 from .metrics import video_metrics
 from .oracle import compare_candidates
-from .predictions import Prediction, load_prediction, prediction_filename, save_prediction, to_tracker_queries
+from ..io.identity import digest
+from .predictions import (
+    Prediction, load_prediction, prediction_filename, prediction_set, to_tracker_queries, write_prediction,
+)
 
 PROTOCOLS = ("joint", "single")
 LOCAL_GRID = 8
@@ -181,19 +184,37 @@ def evaluate_tracker(
     support: bool = True,
     meta: dict | None = None,
     oracle: bool = False,
+    job: dict | None = None,
+    overwrite: bool = False,
 ) -> Iterator[VideoResult]:
     """Yield a :class:`VideoResult` per video (first ``limit`` videos), optionally saving predictions.
 
     oracle: the tracker must return candidates (``ensemble:...``); each result's ``extra["comparison"]``
     then holds the metrics of every teacher alone and of the per-frame oracle (see :mod:`.oracle`).
+    save_dir: one output set per video (:func:`.predictions.prediction_set`), its job ``job`` + the video's name
+    and index. A video whose complete set of the same job is there is not tracked again: its saved prediction
+    is scored (``extra["resumed"]``), so a killed evaluation resumes. Another job's set is refused unless
+    ``overwrite``.
     """
     names = list(getattr(tracker, "teacher_names", []))
-    for video in islice(dataset.videos(), limit):
+    for k, video in enumerate(islice(dataset.videos(), limit)):
         queries = sample_queries(video, mode)
-        pred = predict(tracker, video.frames, queries.query_points, protocol, model_hw, occlusion_rule, support)
-        if save_dir is not None:
-            save_prediction(save_dir, video, queries, pred, meta or {})
-        extra = {}
+        extra: dict = {}
+        if save_dir is None:
+            pred = predict(tracker, video.frames, queries.query_points, protocol, model_hw, occlusion_rule, support)
+        else:
+            video_job = {**(job or {}), "video": video.name, "index": k, "mode": mode, "protocol": protocol}
+            key = digest(video_job)
+            with prediction_set(save_dir, video.name, overwrite) as outs:
+                if outs.decide(key, video_job):
+                    pred = load_prediction(outs.files[0], queries, video.num_frames)
+                    extra["resumed"] = True
+                else:
+                    pred = predict(tracker, video.frames, queries.query_points, protocol, model_hw, occlusion_rule,
+                                   support)
+                    with outs.path(prediction_filename(video.name)) as p:
+                        write_prediction(p, video, queries, pred, meta or {})
+                    outs.commit(key, video_job)
         if oracle:
             if "candidates" not in pred.extras and len(queries):
                 raise PtrackError(f"--oracle needs an ensemble model (ensemble:...); {tracker.name!r} returns no candidates")

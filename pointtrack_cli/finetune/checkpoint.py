@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 
 from ..errors import PtrackError
 from ..io.atomic import atomic_path
+from ..weights.state_dict import python_objects_refused
 
 WEIGHTS_FORMAT = "ptrack-realtracker-finetune-v1"
 
@@ -98,12 +99,23 @@ def save_state(path: str | Path, state: dict) -> Path:
 
 
 def load_state(path: str | Path) -> dict:
-    """Training state written by :func:`save_state` (``weights_only=True``: nothing is unpickled)."""
+    """Training state written by :func:`save_state`, read with ``torch.load(weights_only=True)``: torch's restricted
+    unpickler rebuilds tensors and plain containers only, so a tampered file cannot run code; it is refused
+    with a message saying so (never torch's advice to load it with ``weights_only=False``)."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise PtrackError(f"cannot read training state {path}: {str(exc).splitlines()[0][:160]} (the file is damaged; "
+        refused = python_objects_refused(exc)
+        if refused:
+            raise PtrackError(f"training state {path} was not written by ptrack finetune or was altered: {refused} "
+                              "(resume from another file in RUN_DIR/checkpoints/ or start a new run)") from None
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise PtrackError(f"cannot read training state {path}: {first} (the file is damaged; "
                           "resume from a file in RUN_DIR/checkpoints/ or start a new run)") from None
+    if not isinstance(state, dict):
+        raise PtrackError(f"training state {path} holds a {type(state).__name__}, not ptrack finetune's dict (altered "
+                          "or another program's file; resume from another file in RUN_DIR/checkpoints/)")
+    return state
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -207,6 +219,9 @@ class CheckpointManager:
         A pair is consistent when both files read and carry the same step and ``save_id`` (files written
         before ``save_id`` existed have none and are matched by step). The highest step wins, ``last.*`` on a tie:
         a save killed before it re-linked ``last.*`` still left a complete, newer step pair.
+
+        Raises the reading error when no pair qualifies and some state file could not be read: atomic saves never
+        leave such a file, so it was damaged or altered later, and "nothing to resume" would be wrong.
         """
         # Order by the step in the weights' header (cheap), then read states (large) only until one matches.
         headers = []
@@ -219,12 +234,18 @@ class CheckpointManager:
             except Exception:  # damaged or foreign safetensors header
                 continue
         headers.sort(key=lambda h: -h[0])  # stable: last.* stays first among equal steps
+        unreadable: PtrackError | None = None
         for step_w, save_id, w, s in headers:
             try:
                 state = load_state(s)
                 step_s = int(state.get("step", -2))
-            except (PtrackError, ValueError, TypeError, AttributeError):
+            except PtrackError as exc:
+                unreadable = unreadable or exc  # the newest such file's reason
+                continue
+            except (ValueError, TypeError, AttributeError):
                 continue
             if step_w == step_s and save_id == state.get("save_id"):
                 return w, s, step_s
+        if unreadable is not None:
+            raise unreadable
         return None

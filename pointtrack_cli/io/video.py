@@ -5,16 +5,23 @@ all at once (``read_all``), plus where they came from: ``frame_indices`` (source
 ``start``/``end``/``stride``), ``source_size`` (w, h) and the pixel maps ``to_source``/``from_source`` for the
 ``max_size`` downscale. ``VideoReader.decode()`` reads a selection once into an ``ArrayVideo`` that keeps
 this provenance (what the ensemble needs: every teacher, the verifier and the overlay see the same frames).
+
+Damaged files: ffmpeg conceals corrupt data (it repeats or smears blocks) and goes on, so a damaged video
+still yields every frame. :class:`VideoReader` runs ffmpeg at log level ``error`` and counts the lines it
+reports while decoding (``decode_errors``, the first few in ``decode_messages``): callers warn about them and
+record them; ``strict_decode=True`` makes the first one an error. A stream shorter than its header announces
+is trimmed (``num_frames`` shrinks), not an error.
 """
 from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
-from typing import Iterator
-
 import subprocess
-from typing import Callable
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator
 
 import cv2
 import imageio_ffmpeg
@@ -34,6 +41,45 @@ def numbered_images(folder: Path) -> list[Path]:
         return (int(nums[-1]) if nums else math.inf, p.name)
 
     return sorted(files, key=key)
+
+
+class _Decoder:
+    """ffmpeg decoding a file to raw RGB frames (the command imageio-ffmpeg's ``read_frames`` runs, so frames are
+    identical), with its error lines collected by a thread (a full stderr pipe would block ffmpeg)."""
+
+    def __init__(self, path: str, w: int, h: int) -> None:
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", path,
+               "-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe", "-"]
+        self.size = w * h * 3
+        self.errors: list[str] = []
+        # Own process group: Ctrl-C in a terminal reaches ptrack, which stops ffmpeg itself (as imageio does).
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     start_new_session=not sys.platform.startswith("win"))
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        for line in self.proc.stderr:
+            text = line.decode(errors="replace").strip()
+            if text:
+                self.errors.append(text)
+
+    def frames(self) -> Iterator[bytes]:
+        """Each frame's bytes; at the end of the stream, waits for ffmpeg so every error line is counted."""
+        while True:
+            buf = self.proc.stdout.read(self.size)
+            if len(buf) < self.size:
+                break  # end of stream (a partial last frame is dropped, as imageio does not yield it either)
+            yield buf
+        self.proc.wait()
+        self._thread.join(timeout=5)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+        self._thread.join(timeout=5)
 
 
 def _count_frames(path: str) -> int:
@@ -103,8 +149,12 @@ class VideoReader(Video):
         end: int | None = None,
         stride: int = 1,
         max_size: int | None = None,
+        strict_decode: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.strict_decode = strict_decode
+        self.decode_errors = 0  # error lines ffmpeg reported in the worst full pass so far (see the module docstring)
+        self.decode_messages: list[str] = []
         if not self.path.exists():
             raise PtrackError(f"video not found: {self.path} (check the path)")
         if stride < 1:
@@ -184,19 +234,29 @@ class VideoReader(Video):
                 yield int(i), frame
             return
         w, h = self.source_size
-        gen = imageio_ffmpeg.read_frames(str(self.path), pix_fmt="rgb24")
+        dec = _Decoder(str(self.path), w, h)
+        i = -1
         try:
-            next(gen)
-            for i, buf in enumerate(gen):
+            for i, buf in enumerate(dec.frames()):
+                self._check_decode(dec.errors, i)
                 if i > last:
                     break
                 if i in wanted:
                     # bytearray: a writable frame (torch.from_numpy warns on read-only buffers)
                     yield i, np.frombuffer(bytearray(buf), dtype=np.uint8).reshape(h, w, 3)
-        except RuntimeError as exc:
-            raise PtrackError(f"decoding {self.path} failed at frame {i}: {str(exc).strip()[:160]}") from None
+            else:
+                self._check_decode(dec.errors, i)  # errors reported after the last frame
+        except OSError as exc:
+            raise PtrackError(f"decoding {self.path} failed at frame {i + 1}: {exc}") from None
         finally:
-            gen.close()
+            dec.close()
+            if len(dec.errors) > self.decode_errors:
+                self.decode_errors, self.decode_messages = len(dec.errors), dec.errors[:5]
+
+    def _check_decode(self, errors: list[str], frame: int) -> None:
+        if errors and self.strict_decode:
+            raise PtrackError(f"{self.path} is damaged: ffmpeg reported a decode error by frame {frame} "
+                              f"({errors[0][:120]}); drop --strict-decode to track it anyway")
 
     # -- FrameSource API -----------------------------------------------------------------------
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -275,7 +335,24 @@ class ArrayVideo(Video):
 
 
 def open_video(
-    path: str | Path, start: int = 0, end: int | None = None, stride: int = 1, max_size: int | None = None
+    path: str | Path, start: int = 0, end: int | None = None, stride: int = 1, max_size: int | None = None,
+    strict_decode: bool = False,
 ) -> VideoReader:
     """Open a video file or image folder for streaming; see :class:`VideoReader`."""
-    return VideoReader(path, start=start, end=end, stride=stride, max_size=max_size)
+    return VideoReader(path, start=start, end=end, stride=stride, max_size=max_size, strict_decode=strict_decode)
+
+
+def selection_meta(start: int, end: int | None, stride: int, max_size: int | None, video: Video) -> dict:
+    """The frame selection as given, and the size tracked at (for a result's ``meta``)."""
+    return {"start": start, "end": end, "stride": stride, "max_size": max_size, "tracked_size": [video.width, video.height]}
+
+
+def decode_report(video: Video, meta: dict) -> None:
+    """Record ffmpeg's decode errors of ``video`` in ``meta`` and warn about them (a damaged file still yields
+    frames: see the module docstring)."""
+    n = int(getattr(video, "decode_errors", 0) or 0)
+    meta["decode_errors"] = n
+    if n:
+        meta["decode_messages"] = list(getattr(video, "decode_messages", []))
+        warnings.warn(f"{video.path.name}: ffmpeg reported {n} decode error(s) (the file is damaged; tracks on the "
+                      "affected frames may be wrong; --strict-decode refuses such files)", stacklevel=3)

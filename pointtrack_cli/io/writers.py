@@ -1,15 +1,78 @@
-"""Writers for ``tracks.npz`` and ``tracks.csv`` (every file written atomically)."""
+"""Writers for ``tracks.npz`` and ``tracks.csv`` (every file written atomically), and a result's whole file set.
+
+:func:`write_result` writes ``tracks.npz`` / ``tracks.csv`` / the result's ``extra_files`` / ``overlay.mp4`` into
+an :class:`~.outputs.OutputSet`'s staging folder; the set's commit then makes them appear together.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import PtrackError
 from ..result import TrackResult
 from .atomic import atomic_path
+from .outputs import OutputSet
+from .overlay import write_overlay
+from .video import Video, open_video
 
 CSV_HEADER = "frame,point,x,y,visible,visibility_prob,confidence"
+FORMATS = ("npz", "csv")
+OUTPUT_NAMES = ("tracks.npz", "tracks.csv", "overlay.mp4", "selection.npz")  # every name a track set may hold
+
+
+def check_outputs(formats: Sequence[str] | str, overlay: bool = True) -> tuple[str, ...]:
+    """``"npz,csv"`` or a sequence -> checked tuple of formats; one line if unknown, or if nothing would be written."""
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    fmt = tuple(f.strip() for f in items if f.strip())
+    bad = [f for f in fmt if f not in FORMATS]
+    if bad:
+        raise PtrackError(f"--format {','.join(fmt)!r}: unknown format {bad[0]!r} (choose from {','.join(FORMATS)})")
+    if not fmt and not overlay:
+        raise PtrackError("nothing to write: --format is empty and --no-overlay is given (choose --format npz,csv "
+                          "or drop --no-overlay)")
+    return fmt
+
+
+def write_result(
+    result: TrackResult,
+    outs: OutputSet,
+    *,
+    formats: Sequence[str] = FORMATS,
+    overlay: bool = True,
+    video: Video | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Stage ``result``'s files in ``outs``: ``tracks.npz``, ``tracks.csv`` (as ``formats`` asks), its
+    ``extra_files`` and ``overlay.mp4`` (drawn on ``video``, the frames the result was tracked on; without one the
+    video named in ``result.meta`` is opened again with the same selection)."""
+    if "npz" in formats:
+        with outs.path("tracks.npz") as p:
+            save_npz(result, p)
+    if "csv" in formats:
+        with outs.path("tracks.csv") as p:
+            save_csv(result, p)
+    for name, arrays in result.extra_files.items():
+        with outs.path(name) as p:
+            save_arrays(arrays, p)
+    if overlay:
+        video = video if video is not None else reopen(result)
+        q_index = np.searchsorted(result.frame_indices, result.queries[:, 0].astype(np.int64))
+        step = int(video.frame_indices[1] - video.frame_indices[0]) if len(video.frame_indices) > 1 else 1
+        with outs.path("overlay.mp4") as p:
+            write_overlay(video.source_frames(), result.tracks, result.visibility, q_index, result.queries[:, 2],
+                          result.fps / max(1, step), p, progress)
+
+
+def reopen(result: TrackResult) -> Video:
+    """The frames a result was tracked on, from its metadata (for the overlay)."""
+    m = result.meta
+    path = Path(str(m.get("video", "")))
+    if not path.exists():
+        raise PtrackError(f"the overlay needs the video, and {path} is gone: pass video=... or overlay=False")
+    return open_video(path, start=int(m.get("start") or 0), end=m.get("end"), stride=int(m.get("stride") or 1),
+                      max_size=m.get("max_size"))
 
 
 def save_npz(result: TrackResult, path: str | Path, extra: Mapping[str, np.ndarray] | None = None) -> Path:

@@ -95,6 +95,15 @@ class Tracker(ABC):
         """Settings that shaped the result (thresholds, resolution, ...), stored in the NPZ metadata."""
         return {}
 
+    def memory_bytes(self, num_frames: int, num_points: int, frame_hw: tuple[int, int]) -> int:
+        """Host memory this tracker needs for ``num_points`` over ``num_frames`` frames of ``frame_hw`` (h, w),
+        beyond the output arrays every run holds (:data:`~pointtrack_cli.device.OUTPUT_BYTES_PER_POINT_FRAME`).
+
+        Checked before tracking, so a run that cannot fit stops with the estimate instead of an allocation
+        error. 0 (the default) means bounded: e.g. a tracker that batches points from its own estimate.
+        """
+        return 0
+
 
 @dataclass
 class BuildOptions:

@@ -58,6 +58,11 @@ class LKTracker(Tracker):
             "backward": self.backward,
         }
 
+    def memory_bytes(self, num_frames: int, num_points: int, frame_hw: tuple[int, int]) -> int:
+        """float64 tracks and float32 probability/confidence while sweeping (24 bytes per point and frame); the
+        grey frames of the backward pass go to a memory-mapped file, not to memory."""
+        return 24 * num_frames * num_points
+
     def _step(self, grey_a: np.ndarray, grey_b: np.ndarray, pts: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, ...]:
         """Track ``pts`` [K, 2] from grey image a to b; returns new points, vis prob, confidence, lost flags."""
         p0 = pts.astype(np.float32).reshape(-1, 1, 2)

@@ -84,10 +84,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         if "Unsupported global" in text or "weights_only" in text.lower():
             what = next((line.strip() for line in text.splitlines() if "Unsupported global" in line), "a Python object")
             raise PtrackError(
-                f"{path} holds objects other than tensors and plain training metadata ({what[:160]}), so ptrack "
-                "will not unpickle it; in an environment you trust, extract the weights: python -c \"import torch; "
-                f"torch.save(torch.load('{path.name}', weights_only=False)['state_dict'], 'locotrack_sd.pt')\" "
-                "and pass --weights locotrack_sd.pt"
+                f"{path} holds Python objects other than tensors and plain training metadata ({what[:160]}), and "
+                "ptrack refuses such files (loading them could run code); use the released checkpoint, or a "
+                "state dict saved from it as .safetensors, with --weights"
             ) from None
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise PtrackError(f"cannot read weights file {path}: {first[:200]} (the file is truncated or corrupt; "

@@ -1,10 +1,13 @@
 """Reading checkpoint files safely and checking them against a model's expected key layout.
 
 Files are read with safetensors or ``torch.load(..., weights_only=True)``: torch's restricted unpickler, which
-rebuilds tensors and plain containers (dict, list, str, numbers) and refuses any other Python object.
+rebuilds tensors and plain containers (dict, list, str, numbers) and refuses any other Python object. Its
+refusal message advises loading the file with ``weights_only=False``, which would run the code a crafted file
+carries; ptrack never quotes that advice (:func:`python_objects_refused`).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -14,6 +17,21 @@ from safetensors.torch import load_file
 from ..errors import PtrackError
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "model_state", "ema_state_dict", "module", "net", "weights")
+
+
+def python_objects_refused(exc: BaseException) -> str | None:
+    """When ``exc`` is ``torch.load(weights_only=True)`` refusing a file: why, in ptrack's words; else None.
+
+    Names the Python object the file asks for (e.g. ``builtins.exec``), never torch's hint to retry with
+    ``weights_only=False``.
+    """
+    text = str(exc)
+    if "Weights only load failed" not in text and "Unsupported global" not in text:
+        return None
+    m = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: (?:GLOBAL )?([\w.]+)", text)
+    named = f" (it names {m.group(1)})" if m else ""
+    return (f"it holds Python objects besides tensors and plain containers{named}; ptrack refuses such files "
+            "because loading them could run code")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -31,6 +49,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, or containing pickled objects
+        refused = python_objects_refused(exc)
+        if refused:
+            raise PtrackError(f"cannot read weights file {path}: {refused} (use the official checkpoint, or a "
+                              ".safetensors file)") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PtrackError(
             f"cannot read weights file {path}: {first[:200]} "

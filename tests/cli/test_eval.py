@@ -153,7 +153,8 @@ def test_tapvid_strided_protocols_limit_and_predictions(tmp_path, zero_tracker, 
     assert got["num_videos"] == 2 and got["protocol"] == protocol and got["query_mode"] == "strided"
     for vi, v in enumerate(got["videos"]):
         assert abs(v["metrics"]["average_jaccard"] - z[f"strided__{vi}__zero__average_jaccard"]) <= 1e-6
-    assert sorted(p.name for p in out.iterdir()) == ["synth-aurora.npz", "synth-bramble.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["synth-aurora.npz", "synth-aurora.ptrack.json",
+                                                     "synth-bramble.npz", "synth-bramble.ptrack.json"]
     npz = np.load(out / "synth-aurora.npz")
     q = z["strided__0__query_points"][0]
     assert npz["tracks"].shape == (24, len(q), 2) and npz["occluded"].shape == (24, len(q))

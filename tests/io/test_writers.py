@@ -81,7 +81,7 @@ def test_before_query_frame_is_nan_for_forward_only(png_video):
 def test_format_and_no_overlay(png_video, tmp_path, cli):
     res = cli(["track", png_video, "--model", "lk", "--grid", "2", "--format", "csv", "--no-overlay", "--out", tmp_path, "--quiet"])
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tracks.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ptrack.json", "tracks.csv"]  # the manifest, last
 
 
 def test_existing_output_folder_is_reused(png_video, tmp_path, cli):

@@ -128,6 +128,15 @@ class ProTracker(Tracker):
             "work_size": c.work_size,
         }
 
+    def memory_bytes(self, num_frames: int, num_points: int, frame_hw: tuple[int, int]) -> int:
+        """The whole clip at the working resolution (RGB), 27 bytes of estimates per point and frame, 13 KB of
+        query patches per point and the flow cache (see ``run.py``)."""
+        h, w = frame_hw
+        work = self.config.work_size
+        s = min(1.0, work / max(h, w)) if work else 1.0
+        frames = num_frames * max(1, round(h * s)) * max(1, round(w * s)) * 3
+        return int(frames + 27 * num_frames * num_points + 13_000 * num_points + self.config.flow_cache_mb * 2**20)
+
     def track(self, video: FrameSource, queries: np.ndarray, progress: ProgressFn | None = None) -> TrackOutput:
         frames = np.asarray(video.read_all())
         if frames.ndim != 4 or frames.shape[-1] != 3:

@@ -101,7 +101,7 @@ def save_state(path: str | Path, state: dict) -> Path:
 def load_state(path: str | Path) -> dict:
     """Training state written by :func:`save_state`, read with ``torch.load(weights_only=True)``: torch's restricted
     unpickler rebuilds tensors and plain containers only, so a tampered file cannot run code; it is refused
-    with a message saying so (never torch's advice to load it with ``weights_only=False``)."""
+    with a message saying so (never torch's advice to turn ``weights_only`` off)."""
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:

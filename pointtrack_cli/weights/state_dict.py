@@ -2,7 +2,7 @@
 
 Files are read with safetensors or ``torch.load(..., weights_only=True)``: torch's restricted unpickler, which
 rebuilds tensors and plain containers (dict, list, str, numbers) and refuses any other Python object. Its
-refusal message advises loading the file with ``weights_only=False``, which would run the code a crafted file
+refusal message advises turning ``weights_only`` off, which would run the code a crafted file
 carries; ptrack never quotes that advice (:func:`python_objects_refused`).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ def python_objects_refused(exc: BaseException) -> str | None:
     """When ``exc`` is ``torch.load(weights_only=True)`` refusing a file: why, in ptrack's words; else None.
 
     Names the Python object the file asks for (e.g. ``builtins.exec``), never torch's hint to retry with
-    ``weights_only=False``.
+    ``weights_only`` turned off.
     """
     text = str(exc)
     if "Weights only load failed" not in text and "Unsupported global" not in text:

@@ -15,7 +15,7 @@ from ..device import resolve_device, resolve_precision
 from ..errors import PtrackError
 from ..weights.hub import load_weights
 from ..weights.registry import registry
-from . import lk, locotrack, protracker, realtracker
+from . import lk, locotrack, protracker, realtracker, tapir
 from .base import BuildOptions, Tracker
 
 WEIGHT_FREE = {
@@ -27,6 +27,7 @@ ARCHITECTURES: dict[str, ModuleType] = {
     "realtracker-offline": realtracker,
     "realtracker-online": realtracker,
     "locotrack": locotrack,
+    "tapir": tapir,
 }
 _RESOLUTION = re.compile(r"^(?P<id>[^@]+)@(?P<h>\d+)x(?P<w>\d+)$")
 

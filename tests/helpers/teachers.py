@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from tests.helpers import locotrack_weights
+from tests.helpers import locotrack_weights, tapir_weights
 
 
 def _locotrack(folder: Path) -> Path:
@@ -20,10 +20,21 @@ def _locotrack(folder: Path) -> Path:
     return path
 
 
+def _tapir(variant: str) -> Callable[[Path], Path]:
+    def write(folder: Path) -> Path:
+        path = folder / f"{variant}_fill.pt"  # the official .pt files are plain state dicts
+        torch.save(tapir_weights.fill_state_dict(variant), path)
+        return path
+    return write
+
+
 WRITERS: dict[str, Callable[[Path], Path]] = {
     "locotrack": _locotrack,  # anthro-locotrack: the same architecture and file layout
+    # tapir differs from bootstapir only by its registry config; its end-to-end run is tests/trackers/test_tapir.py.
+    # Both compute the initial features at 256x256 whatever ID@HxW says, so one TAPIR teacher keeps CI short.
+    "bootstapir": _tapir("bootstapir"),
 }
-SMALL = {"locotrack": "64x64"}
+SMALL = {"locotrack": "64x64", "bootstapir": "64x64"}
 
 
 def teacher_checkpoint(model_id: str, folder: Path) -> Path:

@@ -1,4 +1,4 @@
-"""``python -m pointtrack_cli`` (used by torchrun for distributed fine-tuning)."""
+"""``python -m pointtrack_cli`` (what torchrun runs: ``torchrun ... -m pointtrack_cli finetune|track|ensemble|eval ...``)."""
 from .cli import main
 
 main()

@@ -27,23 +27,25 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .device import OUTPUT_BYTES_PER_POINT_FRAME, check_memory, check_precision, resolve_device
-from .ensemble.run import EnsembleJob, EnsembleResult, ensemble, plan_ensemble
+from .ensemble.points import PointsEnsembleJob, plan_ensemble_points, points_identity
+from .ensemble.run import EnsembleJob, EnsembleResult, plan_ensemble
 from .ensemble.teachers import StageFn
 from .ensemble.tracker import build_ensemble_tracker, is_ensemble_id, parse_spec
 from .errors import PtrackError
 from .geometry import MODEL_RESOLUTION
 from .io.atomic import ensure_out_dir
+from .io.formats import export_variant
 from .io.identity import array_digest, digest, path_identity, video_identity, weights_identity
 from .io.outputs import OutputSet
 from .io.video import Video, decode_report, open_video, selection_meta
 from .io.writers import FORMATS, OUTPUT_NAMES, check_outputs, write_result
-from .queries import build_queries, validate_queries
+from .queries import QuerySet, attach_points, build_query_set, validate_queries
 from .result import COORDINATES, TrackResult
 from .trackers.base import ProgressFn, Tracker, blank_before_query
 from .trackers.registry import build_tracker as build_single_tracker
 
-__all__ = ["EnsembleJob", "EnsembleResult", "FORMATS", "Outputs", "TrackJob", "build_tracker", "check_formats", "check_outputs",
-           "ensemble", "ensemble_to", "plan_ensemble", "plan_track", "prepare_out_dir", "run_to", "run_tracker", "summary",
+__all__ = ["EnsembleJob", "EnsembleResult", "FORMATS", "Outputs", "PointsEnsembleJob", "TrackJob", "build_tracker", "check_formats", "check_outputs",
+           "ensemble", "ensemble_to", "plan_ensemble", "plan_ensemble_points", "plan_track", "prepare_out_dir", "run_to", "run_tracker", "summary",
            "track", "track_to", "write_outputs"]
 
 
@@ -132,10 +134,13 @@ class TrackJob:
     build: Callable[[bool], Tracker]
     selection: dict
     command: str | None = None
+    points: QuerySet | None = None  # named points and anchors: ``queries`` holds one row per anchor
 
     def run(self, progress: ProgressFn | None = None, stage: StageFn | None = None) -> TrackResult:
         tracker = self.build(self.explicit)
         reader, q = self.video, self.queries
+        if self.points is not None:  # checked as run_tracker checks them, naming each anchor's point
+            validate_queries(q, reader, self.points.row_names)
         own = getattr(tracker, "memory_bytes", None)  # duck-typed trackers may lack it
         need = ((own(reader.num_frames, len(q), (reader.height, reader.width)) if own else 0)
                 + reader.num_frames * len(q) * OUTPUT_BYTES_PER_POINT_FRAME)
@@ -159,10 +164,11 @@ class TrackJob:
             "job": self.inputs,
         }
         decode_report(reader, meta)
-        return TrackResult(
+        result = TrackResult(
             tracks=tracks, visibility=vis, visibility_prob=prob, confidence=conf, queries=q,
             frame_indices=reader.frame_indices, fps=reader.fps, size=reader.source_size, model=tracker.name, meta=meta,
         )
+        return result if self.points is None else attach_points(result, self.points)
 
 
 def plan_track(
@@ -202,7 +208,7 @@ def plan_track(
         if iters is not None or vis_threshold is not None:
             raise PtrackError("--iters and --vis-threshold do not apply to an ensemble (its visibility is the "
                               "teachers' majority vote): drop them")
-        return plan_ensemble(
+        return plan_ensemble_points(
             video, queries, teachers=parse_spec(model), select=select, verifier_weights=verifier_weights,
             device=device, precision=precision, seed=seed, grid=grid, grid_frame=grid_frame, mask=mask, points=points,
             backward=backward, resolution=resolution, start=start, end=end, stride=stride, max_size=max_size,
@@ -210,10 +216,11 @@ def plan_track(
         )
     reader = video if isinstance(video, Video) else open_video(video, start=start, end=end, stride=stride,
                                                                max_size=max_size, strict_decode=strict_decode)
-    q, explicit = build_queries(
+    qs = build_query_set(
         reader, grid=grid, grid_frame=grid_frame, mask=mask, queries=queries, points=points,
         model_hw=tuple(resolution) if resolution else MODEL_RESOLUTION,
     )
+    q, explicit = qs.rows, qs.explicit
     dev = resolve_device(device)
     check_precision(precision)
     if tracker is not None:
@@ -225,7 +232,8 @@ def plan_track(
         model_id = {"model": model, "weights": weights_identity(model, weights), "options": opts, "iters": iters,
                     "vis_threshold": vis_threshold}
     inputs = {
-        "kind": "track", "video": video_identity(reader), "queries": array_digest(q), **model_id, "device": dev,
+        "kind": "track", "video": video_identity(reader), "queries": array_digest(q), "points": points_identity(qs),
+        **model_id, "device": dev,
         "precision": precision, "resolution": list(resolution) if resolution else None, "backward": backward,
         "support_grid": bool(support_grid and explicit),
     }
@@ -237,7 +245,20 @@ def plan_track(
             options=options,
         )
 
-    return TrackJob(reader, q, explicit, inputs, build, selection_meta(start, end, stride, max_size, reader), command)
+    return TrackJob(reader, q, explicit, inputs, build, selection_meta(start, end, stride, max_size, reader), command, qs)
+
+
+def ensemble(
+    video: str | Path | Video,
+    queries: str | Path | np.ndarray | None = None,
+    *,
+    progress: ProgressFn | None = None,
+    stage: StageFn | None = None,
+    **options: Any,
+) -> EnsembleResult:
+    """:func:`pointtrack_cli.ensemble.run.ensemble` (same arguments), with named points and anchors as in
+    :func:`track` (see :func:`plan_ensemble_points`)."""
+    return plan_ensemble_points(video, queries, **options).run(progress, stage)
 
 
 def track(
@@ -316,7 +337,7 @@ def prepare_out_dir(out_dir: str | Path, video: str | Path) -> Path:
 
 
 def _files_asked(formats: Sequence[str], overlay: bool) -> dict:
-    return {"formats": sorted(formats), "overlay": bool(overlay)}
+    return {"formats": sorted(formats), "overlay": bool(overlay), **export_variant(tuple(formats))}
 
 
 def write_outputs(
@@ -382,7 +403,8 @@ def run_to(job: TrackJob | EnsembleJob, source: str | Path | Video, out_dir: str
         if overlay and stage is not None:
             stage("writing overlay", result.num_frames)
         write_result(result, outs, formats=fmt, overlay=overlay, video=ens.video if ens else None, progress=progress)
-        files = outs.commit(key, files_job, {"command": result.meta.get("command")})
+        files = outs.commit(key, files_job, {"command": result.meta.get("command"), "frames": result.num_frames,
+                                             "points": result.num_points})  # what a batch's summary shows when skipped
     return Outputs(outs.folder, files, False, key, result, ens)
 
 
@@ -420,7 +442,7 @@ def ensemble_to(
     **options: Any,
 ) -> Outputs:
     """:func:`ensemble` (``options``: its arguments) into the output set ``out_dir``, as :func:`track_to`."""
-    job = plan_ensemble(video, queries, **options)
+    job = plan_ensemble_points(video, queries, **options)
     return run_to(job, video, out_dir, formats, overlay, overwrite, progress, stage)
 
 
@@ -432,6 +454,8 @@ def summary(result: TrackResult) -> dict[str, str]:
     rows = {
         "frames": f"{result.num_frames} (source {int(fi[0])}..{int(fi[-1])})" if len(fi) else "0",
         "points": str(result.num_points),
+        **({"anchors": f"{len(result.anchors)} (merged per frame: nearest in time)"}
+           if len(result.anchors) > result.num_points else {}),
         "model": result.model,
         "device": str(result.meta.get("device", "cpu")),
         "visible": f"{vis:.1f}% of point-frames",

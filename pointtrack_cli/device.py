@@ -64,10 +64,11 @@ def autocast(device: str, precision: str):
 # --------------------------------------------------------------------------------------------------
 # Memory: refuse a run whose arrays cannot fit, before it starts, with the estimate and the way out
 
-OUTPUT_BYTES_PER_POINT_FRAME = 48
+OUTPUT_BYTES_PER_POINT_FRAME = 52
 """Host memory per (point, frame) that every run holds whatever the tracker: the tracker's output (tracks
-float32 x2, visibility, probability, confidence: 17 bytes), its float64 copy mapped to original pixels (16) and
-the float32 result (17), rounded down to 48 because the copies do not all live at once."""
+float32 x2, visibility, probability, confidence: 17 bytes), its float64 copy mapped to original pixels (16), the
+float32 result (17) and its int32 ``anchor`` index (4), rounded down to 52 because the copies do not all live at
+once."""
 
 
 def available_memory() -> int | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import numpy as np
 from .errors import PtrackError
 from .version import __version__
 
+NAME_PATTERN = re.compile(r"^\w[\w.+-]{0,99}$")
+"""A point name: a letter, digit or underscore, then those or ``. + -`` (100 characters at most). Spaces, commas
+and quotes are refused so that every export (CSV headers, HDF5 node names, COCO) holds the name unchanged."""
 COORDINATES = "pixels of the original video, x then y; (0, 0) is the centre of the top-left pixel (OpenCV convention)"
 
 
@@ -26,6 +30,11 @@ class TrackResult:
     model: model id; meta: JSON-able dict (command, video, thresholds, weights source, ...).
     extra_files: further arrays written beside ``tracks.npz``, ``{file name: {array name: array}}`` (an
         ensemble's ``selection.npz``).
+    point_names: the N point names (default ``p0, p1, ...``).
+    anchors: ``[A, 4]`` float32 rows (point index, t, x, y), every place a point was given, sorted by point and
+        frame (default: each point's query); ``queries`` holds each point's first anchor.
+    anchor: ``[T, N]`` int32, which anchor (row of ``anchors``) each frame's estimate comes from, -1 where there is
+        none (default: the point's only anchor wherever its track has a position).
     """
 
     tracks: np.ndarray
@@ -40,6 +49,9 @@ class TrackResult:
     meta: dict = field(default_factory=dict)
     ptrack_version: str = ""
     extra_files: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    point_names: list[str] | None = None
+    anchors: np.ndarray | None = None
+    anchor: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.tracks = np.asarray(self.tracks, np.float32)
@@ -50,6 +62,15 @@ class TrackResult:
         self.frame_indices = np.asarray(self.frame_indices, np.int64)
         self.size = (int(self.size[0]), int(self.size[1]))
         self.ptrack_version = self.ptrack_version or __version__
+        n = self.tracks.shape[1] if self.tracks.ndim == 3 else len(self.queries)
+        self.point_names = [f"p{i}" for i in range(n)] if self.point_names is None else [str(v) for v in self.point_names]
+        if self.anchors is None:
+            self.anchors = np.concatenate([np.arange(n, dtype=np.float32)[:, None], self.queries], axis=1)
+        self.anchors = np.asarray(self.anchors, np.float32).reshape(-1, 4)
+        if self.anchor is None:  # one anchor per point: the point's own, wherever it has a position
+            has = np.isfinite(self.tracks).all(axis=-1) if self.tracks.ndim == 3 else np.zeros((0, n), bool)
+            self.anchor = np.where(has, np.arange(n, dtype=np.int32)[None, :], np.int32(-1))
+        self.anchor = np.asarray(self.anchor, np.int32)
 
     @property
     def num_frames(self) -> int:
@@ -73,6 +94,9 @@ class TrackResult:
             "model": np.str_(self.model),
             "ptrack_version": np.str_(self.ptrack_version),
             "meta": np.str_(json.dumps(self.meta, default=str)),
+            "point_names": np.array(self.point_names, dtype=str).reshape(-1),
+            "anchors": self.anchors,
+            "anchor": self.anchor,
         }
 
 
@@ -186,6 +210,7 @@ def load_tracks(path: str | Path, frame_size: tuple[int, int] | None = None) -> 
     opt = {k: check_array(path, k, data[k], (T, N), "biuf").astype(np.float32)
            for k in ("visibility_prob", "confidence") if k in data}
     queries = check_array(path, "queries", data["queries"], (N, 3), "biuf") if "queries" in data else np.full((N, 3), np.nan)
+    names, anchors, anchor = check_points(path, data, T, N)
     frames = check_array(path, "frame_indices", data["frame_indices"], (T,), "iu") if "frame_indices" in data else np.arange(T)
     fps = float(check_array(path, "fps", data["fps"], (), "iuf")) if "fps" in data else 30.0
     if not fps > 0:
@@ -212,4 +237,33 @@ def load_tracks(path: str | Path, frame_size: tuple[int, int] | None = None) -> 
         tracks=tracks, visibility=vis, visibility_prob=opt.get("visibility_prob", vis.astype(np.float32)),
         confidence=opt.get("confidence", np.ones((T, N), np.float32)), queries=queries, frame_indices=frames,
         fps=fps, size=size, model=texts.get("model", "unknown"), meta=meta, ptrack_version=texts.get("ptrack_version", ""),
+        point_names=names, anchors=anchors, anchor=anchor,
     )
+
+
+def check_points(path: Path, data: dict, T: int, N: int) -> tuple[list[str] | None, np.ndarray | None, np.ndarray | None]:
+    """The optional ``point_names [N]``, ``anchors [A, 4]`` and ``anchor [T, N]`` of a tracks file, checked (None
+    when absent: the defaults of :class:`TrackResult`)."""
+    names = anchors = anchor = None
+    if "point_names" in data:
+        a = data["point_names"]
+        if a.dtype.kind != "U" or a.shape != (N,):
+            raise PtrackError(f"{path}: array 'point_names' must be {N} strings, got {a.dtype} {list(a.shape)}")
+        names = [str(v) for v in a]
+        bad = next((v for v in names if not NAME_PATTERN.match(v)), None)
+        if bad is not None or len(set(names)) != N:
+            what = f"the name {bad!r} (letters, digits, _ . + - only)" if bad is not None else "a name twice"
+            raise PtrackError(f"{path}: array 'point_names' holds {what}")
+    if "anchors" in data:
+        anchors = check_array(path, "anchors", data["anchors"], (None, 4), "biuf").astype(np.float64)
+        point = anchors[:, 0]
+        if (point != np.round(point)).any() or (point < 0).any() or (point >= N).any() or \
+                len(np.unique(point)) != N:
+            raise PtrackError(f"{path}: array 'anchors' must give every point 0..{N - 1} at least one anchor "
+                              "(rows: point index, t, x, y)")
+    if "anchor" in data:
+        anchor = check_array(path, "anchor", data["anchor"], (T, N), "iu")
+        A = len(anchors) if anchors is not None else N
+        if anchor.size and (anchor.min() < -1 or anchor.max() >= A):
+            raise PtrackError(f"{path}: array 'anchor' names anchors outside -1..{A - 1}")
+    return names, anchors, anchor

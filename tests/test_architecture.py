@@ -22,7 +22,7 @@ LAYERS = [
     {"ensemble"},
     {"eval"},
     {"finetune"},
-    {"api"},
+    {"api", "batch"},
     {"cli"},
     {"__init__", "__main__"},
 ]

@@ -41,6 +41,14 @@ Advance = Callable[..., None]
 OVERWRITE_HELP = ("Replace another job's complete outputs in --out (refused otherwise); also recomputes a complete "
                   "set of the same job instead of skipping it.")
 STRICT_DECODE_HELP = "Refuse a damaged video (ffmpeg decode errors) instead of tracking it with a warning."
+FORMAT_HELP = ("Comma-separated files to write: npz, csv (the default), and exports for other tools: dlc (DeepLabCut "
+               "CSV; also .h5 with the dlc extra), sleap (analysis HDF5; the sleap extra), napari (Points CSV), coco "
+               "(keypoints JSON), nc (movement netCDF; the nc extra), tapvid (a TAP-Vid DAVIS pickle for `ptrack eval`). "
+               "Extras: pip install \"ptrack\\[dlc,sleap,nc]\".")
+POINT_HELP = ("A query point t,x,y, or NAME=t,x,y (repeatable). The same NAME on several frames is one point with "
+              "several anchors: per frame the nearest anchor in time wins.")
+QUERIES_HELP = ("Query file: CSV with header t,x,y (or frame,x,y) and an optional name column, .npy/.json of (t, x, y), "
+                "or a COCO keypoints .json (each labelled keypoint is a named query on its image's frame).")
 Stage = Callable[[str, int | None], None]
 
 

@@ -11,10 +11,12 @@ import typer
 from rich.table import Table
 
 from .. import api
+from ..batch import DEFAULT_OUT, ensemble_batch, plan_inputs
 from ..device import check_precision
 from ..errors import PtrackError
+from .batch import BATCH_HELP, FAIL_FAST_HELP, RANK_TIMEOUT_HELP, other_rank, run_batch_command
 from .common import (
-    OVERWRITE_HELP, STRICT_DECODE_HELP, command_line, console, default_out, key_value_table, parse_hw, skipped_line,
+    FORMAT_HELP, OVERWRITE_HELP, POINT_HELP, QUERIES_HELP, STRICT_DECODE_HELP, command_line, console, default_out, key_value_table, parse_hw, skipped_line,
     split_list, stages,
 )
 
@@ -43,8 +45,7 @@ def counts_table(counts: dict[str, int], title: str) -> Table:
 
 
 def ensemble_command(
-    video: Path = typer.Argument(..., help="Video file or folder of numbered images."),
-    more_candidates: Optional[List[Path]] = typer.Argument(None, hidden=True, help="Further --candidates files."),
+    videos: List[Path] = typer.Argument(..., help="Video file or folder of numbered images; several, a folder of videos or a quoted glob: a batch (with --teachers, not --candidates). Further .npz files after --candidates are candidate files.", metavar="VIDEOS", show_default=False),
     teachers: Optional[str] = typer.Option(
         None, "--teachers", "-t",
         help="Comma-separated tracker ids (any `ptrack models` tracker, optionally ID=WEIGHTS) or presets: trackon-r "
@@ -63,10 +64,10 @@ def ensemble_command(
     grid: Optional[int] = typer.Option(None, "--grid", "-g", help="Track a GRID x GRID lattice of points."),
     grid_frame: Optional[int] = typer.Option(None, "--grid-frame", help="Frame of the grid points (default: the first tracked frame)."),
     mask: Optional[Path] = typer.Option(None, "--mask", help="Image; grid points only where it is non-zero."),
-    queries: Optional[Path] = typer.Option(None, "--queries", "-q", help="CSV with header t,x,y (or frame,x,y), or .npy/.json of (t, x, y)."),
-    point: List[str] = typer.Option([], "--point", "-p", help="A query point t,x,y (repeatable)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: ./<video stem>_ensemble)."),
-    formats: str = typer.Option("npz,csv", "--format", help="Comma-separated subset of npz,csv."),
+    queries: Optional[Path] = typer.Option(None, "--queries", "-q", help=QUERIES_HELP),
+    point: List[str] = typer.Option([], "--point", "-p", help=POINT_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: ./<video stem>_ensemble); for a batch the parent of one subfolder per video (default: ./ptrack_out)."),
+    formats: str = typer.Option("npz,csv", "--format", help=FORMAT_HELP),
     no_overlay: bool = typer.Option(False, "--no-overlay", help="Do not write overlay.mp4."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     strict_decode: bool = typer.Option(False, "--strict-decode", help=STRICT_DECODE_HELP),
@@ -79,22 +80,39 @@ def ensemble_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     precision: str = typer.Option("auto", "--precision", help="CUDA only: auto (fp16 for the verifier, as the official pipeline), fp32, bf16 or fp16."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or summary."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help=FAIL_FAST_HELP),
+    rank_timeout: float = typer.Option(600.0, "--rank-timeout", min=1.0, help=RANK_TIMEOUT_HELP),
 ) -> None:
-    cand_files = split_list(candidates) + [str(p) for p in (more_candidates or [])]
-    if more_candidates and not candidates:
-        raise PtrackError(f"unexpected argument {more_candidates[0]} (one VIDEO only; candidate files follow --candidates)")
+    more_candidates = [v for v in videos[1:] if v.suffix.lower() == ".npz"] if candidates else []
+    videos = [v for v in videos if v not in more_candidates]
+    cand_files = split_list(candidates) + [str(p) for p in more_candidates]
     teacher_ids = split_list([teachers]) if teachers else []
     fmt = api.check_outputs(formats, not no_overlay)
     check_precision(precision)
     hw = parse_hw(resolution)
+    job = dict(
+        teachers=teacher_ids, select=select, verifier_weights=verifier_weights, device=device, precision=precision,
+        seed=seed, grid=grid, grid_frame=grid_frame, mask=mask, points=point, backward=backward, resolution=hw,
+        start=start, end=end, stride=stride, max_size=max_size, command=command_line(), strict_decode=strict_decode,
+    )
+    stray = [v for v in videos if v.suffix.lower() == ".npz"]
+    if stray:
+        raise PtrackError(f"unexpected argument {stray[0]} (a track file, not a video: candidate files follow --candidates)")
+    found = plan_inputs(videos, queries=queries, exclude=[out or DEFAULT_OUT])
+    if found.batch:
+        run_batch_command("ptrack ensemble", out or DEFAULT_OUT, lambda events, shard: ensemble_batch(
+            found, out, formats=fmt, overlay=not no_overlay, overwrite=overwrite, fail_fast=fail_fast,
+            timeout=rank_timeout, shard=shard, events=events, candidates=cand_files, quiet=quiet or not shard.main,
+            **job), quiet)
+        return
+    if other_rank():
+        return
+    video = videos[0] if len(videos) == 1 and videos[0].exists() else found.paths[0]
     out_dir = out or default_out(video, "ensemble")
     with stages(quiet) as (stage, advance):
         done = api.ensemble_to(
             out_dir, video, queries, formats=fmt, overlay=not no_overlay, overwrite=overwrite, progress=advance,
-            stage=stage, teachers=teacher_ids, candidates=cand_files, select=select, verifier_weights=verifier_weights,
-            device=device, precision=precision, seed=seed, grid=grid, grid_frame=grid_frame, mask=mask, points=point,
-            backward=backward, resolution=hw, start=start, end=end, stride=stride, max_size=max_size,
-            quiet=quiet, command=command_line(), strict_decode=strict_decode,
+            stage=stage, candidates=cand_files, quiet=quiet, **job,
         )
     if done.skipped:  # said even with --quiet: the one sign that nothing was computed
         skipped_line(done.folder)
@@ -107,4 +125,4 @@ def ensemble_command(
     console.print(key_value_table("ptrack ensemble", rows))
 
 
-ensemble_command.__doc__ = _HELP
+ensemble_command.__doc__ = f"{_HELP}\n\n{BATCH_HELP}"

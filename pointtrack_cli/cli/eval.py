@@ -20,6 +20,8 @@ from rich import box
 from rich.table import Table
 
 from ..api import build_tracker
+from ..batch.shard import RankStatus, Shard, wait_for_ranks
+from ..batch.tapvid import check_ranks, check_sharded_eval, merged_results
 from ..device import check_precision
 from ..ensemble.selection import STRATEGIES
 from ..ensemble.tracker import is_ensemble_id, parse_spec
@@ -33,6 +35,7 @@ from ..device import resolve_device
 from ..io.identity import path_identity, weights_identity
 from ..io.outputs import output_folder
 from ..trackers.base import Tracker
+from .batch import RANK_TIMEOUT_HELP
 from .common import PtrackGroup, check_vis_threshold, console, parse_hw, progress_bar, stdout
 
 app = typer.Typer(
@@ -119,15 +122,18 @@ def _check_out_file(path: Path | None, option: str, suffix: str | None = None) -
 
 
 def _run_loop(
-    results_iter: Iterator[VideoResult], dataset: TapVidDataset, limit: int | None, description: str, quiet: bool
+    results_iter: Iterator[VideoResult], dataset: TapVidDataset, limit: int | None, description: str, quiet: bool,
+    world: int = 1,
 ) -> list[VideoResult]:
-    """Drain a results generator under a progress bar whose total follows the dataset's (estimated) size."""
+    """Drain a results generator under a progress bar whose total follows the dataset's (estimated) size (rank 0's
+    share of it when ``world`` processes share the videos)."""
     results = []
     with progress_bar(description, limit, quiet) as advance:
         for r in results_iter:
             results.append(r)
             est = dataset.estimated_total  # known once a file is read; shards still unread are estimated
-            advance(1, total=est if limit is None else (limit if est is None else min(est, limit)))
+            total = est if limit is None else (limit if est is None else min(est, limit))
+            advance(1, total=None if total is None else -(-total // world))
     return results
 
 
@@ -280,11 +286,15 @@ def tapvid(
     verifier_weights: Optional[Path] = typer.Option(None, "--verifier-weights", help="With ensemble:... and --select verifier: local verifier checkpoint instead of the Hub download (gorkaydemir/track_on_r, verifier.pt)."),
     seed: int = typer.Option(0, "--seed", help="With --select random: the k-th video (or query, with --protocol single) draws its teacher with seed + k."),
     oracle: bool = typer.Option(False, "--oracle", help=_ORACLE_HELP),
+    rank_timeout: float = typer.Option(600.0, "--rank-timeout", min=1.0, help=RANK_TIMEOUT_HELP),
 ) -> None:
     """Run a tracker on a TAP-Vid dataset and print AJ, <δ_avg and OA per video and their mean.
 
     Frames are resized to 256x256 (PIL Lanczos) and ground truth scaled to 256x256 pixels, as the official
     protocol does; metrics are computed per video and averaged over videos.
+
+    Under `torchrun --nproc_per_node K -m pointtrack_cli eval tapvid ... --save-predictions DIR` rank r predicts
+    every K-th video into DIR (one GPU each) and rank 0 prints the metrics merged from the files there.
     """
     _check_limit(limit)
     _check_out_file(json_out, "--json", ".json")
@@ -293,6 +303,10 @@ def tapvid(
     check_vis_threshold(vis_threshold)
     hw = parse_hw(resolution)
     is_ensemble = _check_ensemble_options(model, select, verifier_weights, oracle, weights, occlusion_rule)
+    shard = Shard.from_env()
+    check_sharded_eval(shard, save_predictions)
+    shard.pin_device(device)
+    asked_quiet, quiet = quiet, quiet or not shard.main  # one process reports: rank 0
     ds = open_dataset(dataset.value, data, gt_scale)
     # 'first' never scores frames before the query, so backward tracking is only needed for 'strided'.
     backward = mode is Mode.strided
@@ -334,13 +348,24 @@ def tapvid(
     with contextlib.ExitStack() as stack:
         if save_predictions is not None:  # removed again if the run fails before a video's set is complete
             stack.enter_context(output_folder(save_predictions))
+            stack.enter_context(RankStatus(save_predictions, shard, 0))  # sharded: tells rank 0 when this one ends
         results = _run_loop(
             evaluate_tracker(
                 tracker, ds, mode.value, protocol.value, limit=limit, save_dir=save_predictions, model_hw=model_hw,
                 occlusion_rule=rule, support=not no_support, meta=npz_meta, oracle=oracle, job=job, overwrite=overwrite,
+                shard=(shard.rank, shard.world),
             ),
-            ds, limit, f"{dataset.value} ({tracker.name}, {mode.value}, {protocol.value})", quiet,
+            ds, limit, f"{dataset.value} ({tracker.name}, {mode.value}, {protocol.value})", quiet, shard.world,
         )
+    if shard.sharded:
+        if not shard.main:
+            if not asked_quiet:
+                console.print(f"rank {shard.rank} of {shard.world}: {len(results)} video(s) predicted into "
+                              f"{save_predictions}; rank 0 prints the metrics", highlight=False)
+            return
+        check_ranks(wait_for_ranks(save_predictions, shard, rank_timeout), rank_timeout)
+        results = list(merged_results(ds, mode.value, protocol.value, save_predictions, job, limit=limit,
+                                      oracle=oracle, teacher_names=getattr(tracker, "teacher_names", [])))
     resumed = sum(bool(r.extra.get("resumed")) for r in results)
     if resumed and not quiet:
         console.print(f"resumed: {resumed} video(s) scored from the complete predictions in {save_predictions}")

@@ -1,4 +1,7 @@
-"""``ptrack track``: options -> :func:`pointtrack_cli.api.track_to` (plan, rerun rule, track, output set) -> a summary."""
+"""``ptrack track``: options -> :func:`pointtrack_cli.api.track_to` (plan, rerun rule, track, output set) -> a summary.
+
+Several videos (or a folder of videos) run as a batch: :func:`pointtrack_cli.batch.track_batch`, shown by
+:mod:`.batch` (one table for the batch; sharded under torchrun)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,11 +10,13 @@ from typing import List, Optional
 import typer
 
 from .. import api
+from ..batch import DEFAULT_OUT, plan_inputs, track_batch
 from ..device import check_precision
 from .common import (
-    OVERWRITE_HELP, STRICT_DECODE_HELP, check_vis_threshold, command_line, console, default_out, key_value_table, parse_hw,
+    FORMAT_HELP, OVERWRITE_HELP, POINT_HELP, QUERIES_HELP, STRICT_DECODE_HELP, check_vis_threshold, command_line, console, default_out, key_value_table, parse_hw,
     skipped_line, stages,
 )
+from .batch import BATCH_HELP, FAIL_FAST_HELP, RANK_TIMEOUT_HELP, other_rank, run_batch_command
 from .ensemble import counts_table
 
 _MODEL_HELP = (
@@ -22,15 +27,15 @@ _MODEL_HELP = (
 
 
 def track_command(
-    video: Path = typer.Argument(..., help="Video file (mp4, mov, avi, mkv, webm, gif, ...) or a folder of numbered images."),
+    videos: List[Path] = typer.Argument(..., help="Video file (mp4, mov, avi, mkv, webm, gif, ...) or a folder of numbered images; several, a folder of videos or a quoted glob: a batch.", metavar="VIDEOS", show_default=False),
     model: str = typer.Option("realtracker-offline", "--model", "-m", help=_MODEL_HELP),
     grid: Optional[int] = typer.Option(None, "--grid", "-g", help="Track a GRID x GRID lattice of points (official RealTracker placement)."),
     grid_frame: Optional[int] = typer.Option(None, "--grid-frame", help="Frame of the grid points (default: the first tracked frame)."),
     mask: Optional[Path] = typer.Option(None, "--mask", help="Image; grid points only where it is non-zero."),
-    queries: Optional[Path] = typer.Option(None, "--queries", "-q", help="CSV with header t,x,y (or frame,x,y), or .npy/.json of (t, x, y)."),
-    point: List[str] = typer.Option([], "--point", "-p", help="A query point t,x,y (repeatable)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: ./<video stem>_ptrack)."),
-    formats: str = typer.Option("npz,csv", "--format", help="Comma-separated subset of npz,csv."),
+    queries: Optional[Path] = typer.Option(None, "--queries", "-q", help=QUERIES_HELP),
+    point: List[str] = typer.Option([], "--point", "-p", help=POINT_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: ./<video stem>_ptrack); for a batch the parent of one subfolder per video (default: ./ptrack_out)."),
+    formats: str = typer.Option("npz,csv", "--format", help=FORMAT_HELP),
     no_overlay: bool = typer.Option(False, "--no-overlay", help="Do not write overlay.mp4."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     strict_decode: bool = typer.Option(False, "--strict-decode", help=STRICT_DECODE_HELP),
@@ -53,8 +58,10 @@ def track_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16 (CUDA; auto = fp32 for trackers, fp16 for the verifier)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or summary."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help=FAIL_FAST_HELP),
+    rank_timeout: float = typer.Option(600.0, "--rank-timeout", min=1.0, help=RANK_TIMEOUT_HELP),
 ) -> None:
-    """Track points through VIDEO and write tracks.npz, tracks.csv and overlay.mp4 (then ptrack.json, the manifest).
+    """Track points through VIDEOS and write tracks.npz, tracks.csv and overlay.mp4 (then ptrack.json, the manifest).
 
     A rerun of the same job into the same --out is skipped; another job's complete outputs there are refused
     unless --overwrite. A failed or stopped run leaves the previous outputs, or none: never a mix.
@@ -63,18 +70,27 @@ def track_command(
     check_precision(precision)
     check_vis_threshold(vis_threshold)
     hw = parse_hw(resolution)
-    out_dir = out or default_out(video, "ptrack")
     options = {k: v for k, v in (("features", features), ("flow", flow), ("mask_video", mask_video)) if v is not None}
+    job = dict(
+        model=model, grid=grid, grid_frame=grid_frame, mask=mask, points=point, start=start, end=end, stride=stride,
+        max_size=max_size, weights=weights, device=device, resolution=hw, backward=backward, precision=precision,
+        vis_threshold=vis_threshold, support_grid=not no_support_grid, iters=iters, options=options or None,
+        select=select, verifier_weights=verifier_weights, seed=seed, command=command_line(), strict_decode=strict_decode,
+    )
+    found = plan_inputs(videos, queries=queries, exclude=[out or DEFAULT_OUT])
+    if found.batch:
+        run_batch_command("ptrack track", out or DEFAULT_OUT, lambda events, shard: track_batch(
+            found, out, formats=fmt, overlay=not no_overlay, overwrite=overwrite, fail_fast=fail_fast,
+            timeout=rank_timeout, shard=shard, events=events, quiet=quiet or not shard.main, **job), quiet)
+        return
+    if other_rank():
+        return
+    video = videos[0] if len(videos) == 1 and videos[0].exists() else found.paths[0]
+    out_dir = out or default_out(video, "ptrack")
     # The model is built (and its weights fetched) before the first bar appears: errors come first and alone.
     with stages(quiet) as (stage, advance):
-        done = api.track_to(
-            out_dir, video, formats=fmt, overlay=not no_overlay, overwrite=overwrite, progress=advance, stage=stage,
-            model=model, grid=grid, grid_frame=grid_frame, mask=mask, queries=queries, points=point,
-            start=start, end=end, stride=stride, max_size=max_size, weights=weights, device=device, resolution=hw,
-            backward=backward, precision=precision, vis_threshold=vis_threshold, support_grid=not no_support_grid,
-            iters=iters, options=options or None, select=select, verifier_weights=verifier_weights, seed=seed,
-            quiet=quiet, command=command_line(), strict_decode=strict_decode,
-        )
+        done = api.track_to(out_dir, video, formats=fmt, overlay=not no_overlay, overwrite=overwrite, progress=advance,
+                            stage=stage, queries=queries, quiet=quiet, **job)
     if done.skipped:  # said even with --quiet: the one sign that nothing was computed
         skipped_line(done.folder)
         return
@@ -85,3 +101,6 @@ def track_command(
         console.print(counts_table(result.meta["chosen_counts"], f"ptrack track ({model}, {select})"))
     rows = list(api.summary(result).items()) + [("wrote", str(p)) for p in done.files]
     console.print(key_value_table("ptrack track", rows))
+
+
+track_command.__doc__ = f"{track_command.__doc__.rstrip()}\n\n    {BATCH_HELP}\n"

@@ -33,7 +33,7 @@ from .. import geometry as G
 from ..errors import PtrackError
 from ..io.video import ArrayVideo
 from ..trackers.base import Tracker
-from .datasets import Queries, TapVidDataset, sample_queries
+from .datasets import Queries, TapVidDataset, make_video, sample_queries
 from .metrics import video_metrics
 from .oracle import compare_candidates
 from ..io.identity import digest
@@ -167,6 +167,12 @@ def score(queries: Queries, pred: Prediction) -> dict[str, float]:
     )
 
 
+def video_job(job: dict | None, name: str, index: int, mode: str, protocol: str) -> dict:
+    """The job of one video's saved predictions (its set's key is the digest): the evaluation's ``job``, the video's
+    name and index in the dataset, the query mode and protocol."""
+    return {**(job or {}), "video": name, "index": index, "mode": mode, "protocol": protocol}
+
+
 # ---------------------------------------------------------------------------------------------
 # Whole-dataset loops (generators, so the caller can drive a progress bar)
 
@@ -186,6 +192,7 @@ def evaluate_tracker(
     oracle: bool = False,
     job: dict | None = None,
     overwrite: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[VideoResult]:
     """Yield a :class:`VideoResult` per video (first ``limit`` videos), optionally saving predictions.
 
@@ -195,18 +202,24 @@ def evaluate_tracker(
     and index. A video whose complete set of the same job is there is not tracked again: its saved prediction
     is scored (``extra["resumed"]``), so a killed evaluation resumes. Another job's set is refused unless
     ``overwrite``.
+    shard: ``(rank, world)``: only the videos ``k`` (of the first ``limit``) with ``k % world == rank`` are decoded
+    and tracked (one process of a sharded run; the others' videos are skipped unread).
     """
     names = list(getattr(tracker, "teacher_names", []))
-    for k, video in enumerate(islice(dataset.videos(), limit)):
+    rank, world = shard
+    for k, (name, rec, where) in enumerate(islice(dataset.records(), limit)):
+        if k % world != rank:
+            continue
+        video = make_video(name, rec, where, dataset.gt_scale)
         queries = sample_queries(video, mode)
         extra: dict = {}
         if save_dir is None:
             pred = predict(tracker, video.frames, queries.query_points, protocol, model_hw, occlusion_rule, support)
         else:
-            video_job = {**(job or {}), "video": video.name, "index": k, "mode": mode, "protocol": protocol}
-            key = digest(video_job)
+            vjob = video_job(job, video.name, k, mode, protocol)
+            key = digest(vjob)
             with prediction_set(save_dir, video.name, overwrite) as outs:
-                if outs.decide(key, video_job):
+                if outs.decide(key, vjob):
                     pred = load_prediction(outs.files[0], queries, video.num_frames)
                     extra["resumed"] = True
                 else:
@@ -214,7 +227,7 @@ def evaluate_tracker(
                                    support)
                     with outs.path(prediction_filename(video.name)) as p:
                         write_prediction(p, video, queries, pred, meta or {})
-                    outs.commit(key, video_job)
+                    outs.commit(key, vjob)
         if oracle:
             if "candidates" not in pred.extras and len(queries):
                 raise PtrackError(f"--oracle needs an ensemble model (ensemble:...); {tracker.name!r} returns no candidates")

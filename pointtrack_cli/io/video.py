@@ -80,6 +80,8 @@ class _Decoder:
         self.proc.wait()
         self.proc.stdout.close()
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():  # the collector has seen the end of stderr: its pipe can go
+            self.proc.stderr.close()
 
 
 def _count_frames(path: str) -> int:

@@ -45,10 +45,10 @@ def test_csv_long_form_matches_npz(out_dir):
     r = load_tracks(out_dir)
     with open(out_dir / "tracks.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["frame", "point", "x", "y", "visible", "visibility_prob", "confidence"]
+    assert list(rows[0]) == ["frame", "point", "name", "x", "y", "visible", "visibility_prob", "confidence"]
     assert len(rows) == r.num_frames * r.num_points
     row = rows[7 * r.num_points + 3]  # frame 7, point 3
-    assert (int(row["frame"]), int(row["point"])) == (7, 3)
+    assert (int(row["frame"]), int(row["point"]), row["name"]) == (7, 3, "p3")
     assert float(row["x"]) == pytest.approx(r.tracks[7, 3, 0], abs=1e-3)
     assert int(row["visible"]) == int(r.visibility[7, 3])
 

@@ -1,7 +1,8 @@
-"""Seconds per ``ptrack finetune`` optimisation step, and the pseudo-labelling time kept out of it.
+"""Seconds and peak memory per ``ptrack finetune`` optimisation step, and the pseudo-labelling time kept out of it.
 
-Usage: python benchmarks/finetune_step.py [--device cpu|cuda|auto] [--resolution HxW] [--preset small|default]
+Usage: python benchmarks/finetune_step.py [--device cpu|cuda|auto] [--resolution HxW] [--preset small|issue|default]
        [--students offline,online] [--recipes random-teacher,verifier] [--steps 3] [--warmup 1]
+       [--no-checkpointing] [--estimate-default]
 
 Speed only: the student, the RealTracker teacher and the verifier carry deterministic fill-rule weights (the
 tests' ``tests/helpers/realtracker_weights.py`` / ``tests/helpers/verifier_weights.py``: the real architectures and
@@ -9,6 +10,8 @@ parameter counts, meaningless values), and the videos are generated (a translati
 
 * ``small`` (default on CPU): the tests' configuration - 48x64 frames, clips of 8 frames (16 for the online
   student, one full window), 6 query points, 1 student and 1 teacher iteration.
+* ``issue``: the run of ptrack issue 15 - two 24-frame 96x64 clips, ``--resolution 64x96``, ``ptrack finetune``'s
+  384 points and 4 iterations (the online student held ~18 GB there before activation checkpointing).
 * ``default`` (default on CUDA, or with ``--resolution 384x512``): ``ptrack finetune``'s defaults - 384x512,
   clips of 80 (offline) / 64 (online) frames, 384 points, 4 iterations, bf16 autocast on CUDA.
 
@@ -18,7 +21,12 @@ label cache, then (2) runs :func:`pointtrack_cli.finetune.run_finetune` for ``wa
 finds every label cached, and reports the per-step ``seconds`` of its ``metrics.jsonl`` after the warm-up. A step
 is what the training loop does per step: read the clip, load its cached labels, forward, loss, backward,
 gradient clipping, AdamW (checkpoint saves are not in it). The peak GPU memory is that of the whole run, which
-loads its teachers (and the verifier) before the first step, as a real run holds them. The ``CPU s`` column is the process CPU time per
+loads its teachers (and the verifier) before the first step, as a real run holds them. ``peak RSS GiB`` is the
+process's resident-memory peak over the steps only (Linux: the peak is reset after labelling, freed memory handed
+back first), what a run needs on the CPU. ``--no-checkpointing`` trains the student without activation
+checkpointing (``FinetuneConfig.checkpointing``), the behaviour before issue 15. ``--estimate-default`` estimates the
+memory of one step at ``ptrack finetune``'s defaults on this device without running it (see
+:func:`estimate_default`). The ``CPU s`` column is the process CPU time per
 step: far above ``mean s x threads`` means the machine was busy. On a shared machine compare runs with
 ``--threads 1``: torch's threads wait for each other whenever the OS deschedules one of them, which made
 2-thread CPU steps 5-20x slower (and very noisy) on a loaded 2-core machine.
@@ -26,6 +34,9 @@ step: far above ``mean s x threads`` means the machine was busy. On a shared mac
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import ctypes.util
 import gc
 import json
 import os
@@ -60,6 +71,7 @@ STUDENTS = {"offline": "realtracker-offline", "online": "realtracker-online"}
 PRESETS = {
     # name: (resolution, clip length {online: frames}, points, student iters, teacher iters, video size)
     "small": ((48, 64), {True: 16, False: 8}, 6, 1, 1, (64, 96)),
+    "issue": ((64, 96), {True: 24, False: 24}, 384, 4, 4, (64, 96)),
     "default": ((384, 512), dict(DEFAULT_CLIP_LEN), 384, 4, 4, (480, 640)),
 }
 
@@ -100,8 +112,86 @@ def make_config(args, student: str, recipe: str, videos: Path, out: Path, weight
         teachers=[f"{STUDENTS[other]}={weights[other]}", "lk"], recipe=recipe, resolution=args.resolution or resolution,
         steps=total, clip_len=clip_len[online], num_points=points, iters=iters, teacher_iters=teacher_iters,
         save_every=total, keep_last=1, seed=0, verifier_weights=str(weights["verifier"]), device=args.device,
-        precision=args.precision, quiet=True,
+        precision=args.precision, quiet=True, checkpointing=not args.no_checkpointing,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Host memory (Linux /proc): the peak of resident memory over a stretch of the run
+
+
+def release_and_reset_peak() -> None:
+    """Hand freed heap memory back to the OS (ptrack's allocator setting keeps it), then restart the RSS peak."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+
+
+def peak_rss_gib() -> float | None:
+    """VmHWM of this process in GiB (None where /proc is missing)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    return None
+
+
+def peak_bytes(device: torch.device, fn) -> float:
+    """Peak memory (GiB) while ``fn()`` runs: ``max_memory_allocated`` on CUDA, resident memory on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    release_and_reset_peak()
+    fn()
+    return peak_rss_gib() or float("nan")
+
+
+def estimate_default(device: torch.device, students: list[str], checkpointing: bool, precision: str) -> list[list[str]]:
+    """Memory of one student step (forward, loss, backward, AdamW) at ``ptrack finetune``'s defaults, from two shorter clips.
+
+    Measures one step at 384x512, 384 points, 4 iterations with clips of 16 and 24 frames (fill-rule weights, generated
+    frames, synthetic labels: memory does not depend on the values), then extrapolates linearly to the default clip
+    length (80 frames offline, 64 online): the online student keeps per window, the offline one per frame, a fixed
+    amount for the backward pass. Teachers and the verifier are not loaded (add their weights: ~0.1 GB each).
+    """
+    from pointtrack_cli.finetune.labels import ClipLabels  # noqa: E402 - only this estimate needs them
+    from pointtrack_cli.finetune.student import Batch, build_student, compute_loss, make_optimizer, optimizer_step
+
+    resolution, clip_len, points, iters, _, _ = PRESETS["default"]
+    rows = []
+    for student in students:
+        online = student == "online"
+        peaks = {}
+        for t in (16, 24):
+            model = build_student(fill_state_dict(online), online, resolution, "fill rule", device, checkpointing)
+            cfg = FinetuneConfig("", "", iters=iters, steps=10, precision=precision)
+            opt, sched = make_optimizer(model, cfg)
+            rng = np.random.default_rng(0)
+            frames = rng.integers(0, 256, (t, *resolution, 3)).astype(np.uint8)
+            q = np.stack([rng.integers(0, t // 2, points), rng.uniform(0, resolution[1] - 1, points),
+                          rng.uniform(0, resolution[0] - 1, points)], 1).astype(np.float32)
+            gt = (q[None, :, 1:] + rng.normal(0, 3, (t, points, 2))).astype(np.float32)
+            labels = ClipLabels(q, gt, rng.random((t, points)) > 0.2, np.ones((t, points), bool), "synthetic")
+            batch = Batch(frames, labels)
+
+            def step() -> None:
+                loss = compute_loss(model, batch, cfg, device, precision)
+                optimizer_step(model, opt, sched, loss.total, cfg)
+
+            peaks[t] = peak_bytes(device, step)
+            print(f"  {student} student, {t} frames at {resolution[0]}x{resolution[1]}: peak {peaks[t]:.2f} GiB", flush=True)
+            del model, opt, sched
+        per_frame = (peaks[24] - peaks[16]) / 8
+        full = clip_len[online]
+        rows.append([student, f"{resolution[0]}x{resolution[1]}", str(full), str(points), str(iters),
+                     f"{peaks[16]:.2f}", f"{peaks[24]:.2f}", f"{peaks[24] + per_frame * (full - 24):.2f}"])
+    return rows
 
 
 def label_everything(cfg: FinetuneConfig) -> dict[str, list[float]]:
@@ -164,6 +254,8 @@ def run_steps(cfg: FinetuneConfig, warmup: int) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    else:
+        release_and_reset_peak()  # the peak below is that of the steps, not of the labelling before them
     clock = CpuClock()
     summary = run_finetune(cfg, clock)
     if summary.labels_computed:
@@ -171,7 +263,7 @@ def run_steps(cfg: FinetuneConfig, warmup: int) -> dict:
                            "the step times would include pseudo-labelling")
     records = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
     records = [r for r in records if "event" not in r][warmup:]
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else peak_rss_gib()
     return {"seconds": [r["seconds"] for r in records], "frames": [r["frames"] for r in records],
             "cpu": clock.cpu[warmup:], "peak_gib": peak}
 
@@ -201,6 +293,10 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", help="CUDA: auto (= bf16), bf16, fp16, fp32; CPU is always fp32")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the runs (weights, videos, labels) in this folder")
+    ap.add_argument("--no-checkpointing", action="store_true",
+                    help="train without activation checkpointing (the memory before issue 15)")
+    ap.add_argument("--estimate-default", action="store_true",
+                    help="also estimate one step's memory at ptrack finetune's defaults (384x512, 64/80 frames, 384 points)")
     args = ap.parse_args()
     if args.resolution:
         h, w = (int(v) for v in args.resolution.lower().split("x"))
@@ -264,10 +360,18 @@ def main() -> None:
               f"{args.device}, {resolution[0]}x{resolution[1]}; wall-clock, CPU s = process CPU time per step:")
         header = ["student", "recipe", "steps", "mean s", "std s", "min s", "max s", "CPU s", "frames/step"]
         if any(len(r) > len(header) for r in step_rows):
-            header.append("peak GPU GiB")
+            header.append("peak GPU GiB" if on_gpu else "peak RSS GiB")
         print_table(header, step_rows)
+        print(f"activation checkpointing {'off' if args.no_checkpointing else 'on'}")
         print("\npseudo-labelling, once per clip and labeller, then cached (not in the step times):")
         print_table(["student", "recipe", "labeller", "clips", "s/clip"], label_rows)
+        if args.estimate_default:
+            print(f"\none step at ptrack finetune's defaults on {args.device} (estimate, see estimate_default):", flush=True)
+            dev = bench_device(make_config(args, students[0], recipes[0], videos, work / "estimate", weights))
+            prec = resolve_precision(args.precision, str(dev), "finetune")
+            est = estimate_default(dev, students, not args.no_checkpointing, prec)
+            print_table(["student", "resolution", "clip frames", "points", "iters", "peak GiB 16 fr", "peak GiB 24 fr",
+                         "estimate GiB"], est)
         print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
     finally:
         if args.keep is None:

@@ -48,10 +48,14 @@ def check_precision(precision: str) -> str:
 
 
 def resolve_precision(precision: str, device: str, use: str = "tracker") -> str:
-    """``fp32``, ``bf16`` or ``fp16`` for ``use`` (see the table above) on a resolved ``device``."""
+    """``fp32``, ``bf16`` or ``fp16`` for ``use`` (see the table above) on a resolved ``device``.
+
+    On the CPU: ``fp32``, except an explicit ``bf16`` for a tracker (CPU bf16 autocast; trackers whose wrapper
+    has no CPU bf16 path run fp32 as before).
+    """
     check_precision(precision)
     if not device.startswith("cuda"):
-        return "fp32"
+        return "bf16" if use == "tracker" and precision == "bf16" else "fp32"
     return AUTO_ON_CUDA[use] if precision == "auto" else precision
 
 

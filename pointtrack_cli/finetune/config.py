@@ -55,10 +55,12 @@ class FinetuneConfig:
     resume: bool = False
     stop_at: int | None = None
     quiet: bool = False
+    checkpointing: bool = True  # activation checkpointing of the student (memory; same gradients)
 
     # Options that may change between a run and its --resume (the others must match).
     RESUMABLE_CHANGES = ("out", "save_every", "keep_last", "eval_data", "eval_dataset", "eval_every", "eval_limit",
-                         "device", "relabel", "resume", "stop_at", "quiet", "videos_dir", "verifier_weights")
+                         "device", "relabel", "resume", "stop_at", "quiet", "videos_dir", "verifier_weights",
+                         "checkpointing")
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

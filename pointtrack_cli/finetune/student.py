@@ -25,13 +25,27 @@ from .losses import TrackLoss, track_loss
 
 FINAL_LR_FRACTION = 1.0 / (25 * 1e4)
 FROZEN_PREFIX = "updateformer.vis_conf_head."
+# Frames per feature-network call of the student: with checkpointing, the backward pass of one call holds that
+# call's activations (~0.3 GB per frame at 384x512).
+STUDENT_FNET_CHUNK = 2
 
 
-def build_student(sd: dict, online: bool, hw: tuple[int, int], source: str, device: torch.device):
-    """The student in train mode with ``vis_conf_head`` frozen; ``model_resolution`` = the training size."""
+def build_student(sd: dict, online: bool, hw: tuple[int, int], source: str, device: torch.device,
+                  checkpointing: bool = True):
+    """The student in train mode with ``vis_conf_head`` frozen; ``model_resolution`` = the training size.
+
+    ``checkpointing`` (activation checkpointing, on by default): the backward pass recomputes each feature-network
+    chunk, correlation chunk and transformer block instead of keeping their activations for every window and
+    iteration of the clip. Same gradients; the memory of a step no longer grows with clip length x points x
+    iterations (the autograd graph held ~18 GB for two 24-frame clips at 64x96 with 384 points and 4 iterations;
+    see ``benchmarks/finetune_step.py``), for about a third more compute per step.
+    """
     model = load_realtracker(sd, online=online, source=source, model_resolution=hw).to(device)
     for name, p in model.named_parameters():
         p.requires_grad_(not name.startswith(FROZEN_PREFIX))
+    model.checkpointing = checkpointing
+    if checkpointing:
+        model.fnet_chunk = STUDENT_FNET_CHUNK
     return model.train()
 
 

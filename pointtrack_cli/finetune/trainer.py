@@ -164,7 +164,7 @@ class Trainer:
         cfg = self.cfg
         sd0, info = load_weights(cfg.student, cfg.student_weights, quiet=True)
         source = str(info.get("path", cfg.student))
-        self.model = build_student(sd0, self.online, self.hw, source, self.device)
+        self.model = build_student(sd0, self.online, self.hw, source, self.device, checkpointing=cfg.checkpointing)
         self.init_stamp = weights_stamp(cfg.student, cfg.student_weights)
         self.store = LabelStore(
             self.run_dir / "labels", specs, (sd0, self.online, self.init_stamp), recipe=cfg.recipe, hw=self.hw,

@@ -11,8 +11,15 @@ from torch import nn
 
 
 def _instance_norm(x: torch.Tensor) -> torch.Tensor:
-    # No affine parameters and no running statistics: identical in train and eval.
-    return F.instance_norm(x, eps=1e-5)
+    # No affine parameters and no running statistics: identical in train and eval. group_norm with one group per
+    # channel is the same normalisation (mean and variance over H x W of each sample and channel) through a
+    # kernel about twice as fast as instance_norm on the CPU, at the same precision for contiguous maps.
+    return F.group_norm(x, x.shape[1], eps=1e-5)
+
+
+def _norm_relu(x: torch.Tensor) -> torch.Tensor:
+    # relu in place on the fresh normalised map: one allocation fewer (group_norm's backward needs its input only).
+    return F.relu_(_instance_norm(x))
 
 
 class ResidualBlock(nn.Module):
@@ -26,10 +33,10 @@ class ResidualBlock(nn.Module):
         self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride)) if stride != 1 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(_instance_norm(self.conv1(x)))
-        y = F.relu(_instance_norm(self.conv2(y)))
+        y = _norm_relu(self.conv1(x))
+        y = _norm_relu(self.conv2(y))
         shortcut = x if self.downsample is None else _instance_norm(self.downsample(x))
-        return F.relu(shortcut + y)
+        return F.relu_(shortcut + y)
 
 
 class BasicEncoder(nn.Module):
@@ -50,12 +57,14 @@ class BasicEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2] // 4, x.shape[-1] // 4
-        x = F.relu(_instance_norm(self.conv1(x)))
+        x = _norm_relu(self.conv1(x))
         a = self.layer1(x)
         b = self.layer2(a)
         c = self.layer3(b)
         d = self.layer4(c)
-        # a is bilinearly *down*-sampled (align_corners=True), not pooled, as the official code does.
-        feats = [F.interpolate(f, size=(h, w), mode="bilinear", align_corners=True) for f in (a, b, c, d)]
-        x = F.relu(_instance_norm(self.conv2(torch.cat(feats, dim=1))))
+        # a is bilinearly *down*-sampled (align_corners=True), not pooled, as the official code does; b already has
+        # the size (the official resize of b is the identity, exactly: skipped).
+        feats = [f if tuple(f.shape[-2:]) == (h, w) else F.interpolate(f, size=(h, w), mode="bilinear", align_corners=True)
+                 for f in (a, b, c, d)]
+        x = _norm_relu(self.conv2(torch.cat(feats, dim=1)))
         return self.conv3(x)

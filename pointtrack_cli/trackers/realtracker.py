@@ -40,7 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import PtrackError
+from ..models.allocator import retain_freed_memory
 from ..models.realtracker import RealTracker, load_realtracker
+from ..models.realtracker_pyramid import cat_time, empty_pyramid, flip_time
 from ..geometry import input_to_model, model_to_input, official_grid
 from .base import BuildOptions, FrameSource, ProgressFn, TrackOutput, Tracker
 
@@ -244,7 +246,7 @@ def run_online(
         nonlocal cache, coords, vis, conf, final
         new = model.encode(torch.stack(pending)[None])
         pending.clear()
-        pyr = new if cache is None else [torch.cat([c, p], dim=1) for c, p in zip(cache, new)]
+        pyr = new if cache is None else cat_time(cache, new)
         assert pyr[0].shape[1] == t_c
         coords, vis, conf = _grow(coords, ind + t_c), _grow(vis, ind + t_c), _grow(conf, ind + t_c)
         for state, q, o0, o1 in zip(states, qts, offsets[:-1], offsets[1:]):
@@ -331,7 +333,8 @@ class RealTrackerTracker(Tracker):
             False for grid queries, the official grid mode has none).
         backward: also track before each query frame (reversed pass).
         vis_threshold: threshold on vis (offline, default 0.9) or vis*conf (online, default 0.6).
-        device: torch device string; precision: "fp32" | "bf16" | "fp16" (autocast, CUDA only; CPU runs fp32).
+        device: torch device string; precision: "fp32" | "bf16" | "fp16" (autocast on CUDA; on the CPU "bf16"
+            runs under CPU bf16 autocast, "fp16" runs fp32).
         max_points: user points per model call (default :func:`default_max_points`).
         iters: refinement iterations (official predictors: 6).
     """
@@ -360,6 +363,8 @@ class RealTrackerTracker(Tracker):
         if precision not in ("fp32", "bf16", "fp16"):
             raise PtrackError(f"unknown precision {precision!r} (use fp32, bf16 or fp16)")
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            retain_freed_memory()  # large tensors reused instead of page-faulted in for every frame (allocator.py)
         self.model = model.to(self.device).eval()
         self.model.model_resolution = (h, w)
         self.online = online
@@ -387,13 +392,16 @@ class RealTrackerTracker(Tracker):
             "visibility_rule": ("vis * conf" if self.online else "vis") + f" > {self.vis_threshold}",
             "vis_threshold": self.vis_threshold,
             "query_frame_overwrite": not self.online,
-            "precision": self.precision if self.device.type == "cuda" else "fp32",
+            "precision": self.precision if self.device.type == "cuda" or self.precision == "bf16" else "fp32",
             "max_points": self.max_points,
         }
 
     def _autocast(self):
         if self.device.type == "cuda" and self.precision != "fp32":
             return torch.autocast("cuda", dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+        if self.device.type == "cpu" and self.precision == "bf16":
+            # Opt-in only: on the fixtures bf16 deviates far beyond the float32 tolerances (README "Speed").
+            return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _resize(self, frames: np.ndarray) -> torch.Tensor:
@@ -458,7 +466,7 @@ class RealTrackerTracker(Tracker):
         for i in range(0, t, step):
             part = model.encode(self._resize(frames[i : i + step])[None])
             if not pyramid:
-                pyramid = [p.new_empty((1, t) + tuple(p.shape[2:])) for p in part]
+                pyramid = empty_pyramid(part, t)
             for dst, src in zip(pyramid, part):
                 dst[:, i : i + src.shape[1]] = src
             prog(part[0].shape[1])
@@ -467,7 +475,7 @@ class RealTrackerTracker(Tracker):
 
         def model_fn(mq: np.ndarray, reverse: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             if reverse and not state["reversed"]:
-                state["pyramid"] = [p.flip(1) for p in state["pyramid"]]
+                state["pyramid"] = flip_time(state["pyramid"])
                 state["reversed"] = True
             q = torch.as_tensor(mq, dtype=torch.float32, device=self.device)[None]
             c, v, f, _ = model.forward_pyramid(state["pyramid"], q, iters=self.iters)

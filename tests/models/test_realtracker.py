@@ -262,3 +262,41 @@ def test_memory_chunking_does_not_change_results():
         got = model(video, q, iters=1)
     for a, b in zip(ref[:3], got[:3]):
         assert torch.allclose(a, b, atol=1e-4, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training memory: activation checkpointing gives the plain path's gradients
+
+
+def _grads(model: RealTracker, video: torch.Tensor, q: torch.Tensor, checkpointing: bool) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    model.checkpointing = checkpointing
+    _, _, _, train = model(video, q, iters=2, is_train=True)
+    loss = sum(c.square().mean() for w in train.coords for c in w)
+    loss = loss + sum(v.mean() for w in train.vis for v in w) + sum(f.mean() for w in train.conf for f in w)
+    loss.backward()
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_activation_checkpointing_gives_the_same_gradients(online):
+    """Checkpointed fnet chunks, correlation chunks and transformer blocks: every gradient as the plain path
+    (float32 tolerance; recomputation repeats the same operations, so in practice they are bit-identical)."""
+    model = make_model(online, (48, 64)).train()
+    model.fnet_chunk, model.corr_chunk, model.updateformer.token_chunk = 5, 64, 200  # several chunks of each kind
+    rng = np.random.default_rng(0)
+    t = 20 if online else 10  # online: two sliding windows
+    video = torch.from_numpy(rng.integers(0, 256, (1, t, 3, 48, 64)).astype(np.float32))
+    q = torch.tensor([[[0.0, 10.0, 20.0], [3.0, 50.0, 30.0], [1.0, 30.0, 11.0]]])
+    plain = _grads(model, video, q, checkpointing=False)
+    ckpt = _grads(model, video, q, checkpointing=True)
+    assert set(plain) == set(ckpt) and len(plain) == len(list(model.parameters()))
+    for key, g in plain.items():
+        scale = float(g.abs().max())
+        assert bool(torch.isfinite(ckpt[key]).all()), key
+        assert float((ckpt[key] - g).abs().max()) <= 1e-5 * max(scale, 1e-12), key
+    with torch.no_grad():  # inference is unaffected by the flag
+        a = model(video, q, iters=1)[0]
+        model.checkpointing = False
+        b = model(video, q, iters=1)[0]
+    assert torch.equal(a, b)

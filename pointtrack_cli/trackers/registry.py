@@ -15,7 +15,7 @@ from ..device import resolve_device, resolve_precision
 from ..errors import PtrackError
 from ..weights.hub import load_weights
 from ..weights.registry import registry
-from . import lk, locotrack, protracker, realtracker, tapir
+from . import alltracker, lk, locotrack, protracker, realtracker, tapir, tapnext
 from .base import BuildOptions, Tracker
 
 WEIGHT_FREE = {
@@ -28,6 +28,8 @@ ARCHITECTURES: dict[str, ModuleType] = {
     "realtracker-online": realtracker,
     "locotrack": locotrack,
     "tapir": tapir,
+    "tapnext": tapnext,
+    "alltracker": alltracker,
 }
 _RESOLUTION = re.compile(r"^(?P<id>[^@]+)@(?P<h>\d+)x(?P<w>\d+)$")
 

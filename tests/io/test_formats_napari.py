@@ -39,6 +39,8 @@ def test_points_csv_opens_as_napari_reads_it(tmp_path):
     napari.save_napari(r, tmp_path / "p.csv")
     header = (tmp_path / "p.csv").read_text().splitlines()[0]
     assert header.split(",")[:4] == ["index", "axis-0", "axis-1", "axis-2"]
+    rows = [line.split(",") for line in (tmp_path / "p.csv").read_text().splitlines()[1:]]
+    assert all(row[0] == row[4] for row in rows)  # index = the point (as the layout: point, t, y, x)
     data, props = napari_points_reader(tmp_path / "p.csv")
     assert data.shape == (11, 3)  # 4 frames x 3 points, less ear on frame 2 (no estimate)
     assert sorted(props) == ["confidence", "name", "point", "visibility_prob", "visible"]

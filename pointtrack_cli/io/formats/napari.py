@@ -1,8 +1,9 @@
 """``--format napari``: a Points layer CSV that napari's built-in reader opens (``napari_points.csv``).
 
-Columns, as napari's own Points writer lays them out: ``index`` (the row, which napari's reader skips),
-``axis-0`` (t: the source frame number, so the layer lines up with the video's frames), ``axis-1`` (y),
-``axis-2`` (x), then the properties ``point`` (index), ``name``, ``visible`` (0/1), ``visibility_prob`` and
+Columns, in the layout of napari's Points CSV: ``index`` (the point's index; napari's own writer puts the row
+number there, and its reader skips the column, so the point is repeated as the ``point`` property), ``axis-0``
+(t: the source frame number, so the layer lines up with the video's frames), ``axis-1`` (y), ``axis-2`` (x), then
+the properties ``point``, ``name``, ``visible`` (0/1), ``visibility_prob`` and
 ``confidence``. One row per frame and point with an estimate, frame by frame; none where there is no estimate.
 napari's reader turns columns named ``axis-*`` into coordinates and every other column but ``index`` into a
 property (integers, else floats, else text).
@@ -27,7 +28,6 @@ def save_napari(result: TrackResult, path: str | Path) -> Path:
     path = Path(path)
     est = has_estimate(result)
     names = np.array(result.point_names, dtype=str)
-    row = 0
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
             f.write(HEADER + "\n")
@@ -36,7 +36,7 @@ def save_napari(result: TrackResult, path: str | Path) -> Path:
                 if not len(n):
                     continue
                 cols = [
-                    np.arange(row, row + len(n)).astype(str),
+                    n.astype(str),
                     np.full(len(n), str(int(result.frame_indices[t]))),
                     fmt(result.tracks[t, n, 1], "%.3f"),
                     fmt(result.tracks[t, n, 0], "%.3f"),
@@ -47,7 +47,6 @@ def save_napari(result: TrackResult, path: str | Path) -> Path:
                     fmt(result.confidence[t, n], "%.5f"),
                 ]
                 f.write("\n".join(join_columns(cols)) + "\n")
-                row += len(n)
     return path
 
 

@@ -59,7 +59,8 @@ def parse_teachers(items: Sequence[str | tuple]) -> list[TeacherSpec]:
 
     Items are ``ID``, ``ID=WEIGHTS``, ``(ID, WEIGHTS)`` or a preset name (:data:`PRESETS`). ``ID=WEIGHTS``
     naming a teacher of a preset in the same list gives that teacher its local weights instead of adding
-    one (``trackon-r,bootstapir=b.pt,...``).
+    one (``trackon-r,bootstapir=b.pt,...``), and its input size when the id carries one
+    (``trackon-r,bootstapir@512x512=b.pt``).
     """
     pairs = []
     for item in items:
@@ -74,7 +75,8 @@ def parse_teachers(items: Sequence[str | tuple]) -> list[TeacherSpec]:
         elif tid:
             out.append(TeacherSpec(tid, path))
     for extra in [s for s in out if not s.official and s.weights is not None]:
-        slot = next((i for i, s in enumerate(out) if s.official and s.id == extra.id and s.weights is None), None)
+        base = split_model_id(extra.id)[0]
+        slot = next((i for i, s in enumerate(out) if s.official and s.id == base and s.weights is None), None)
         if slot is not None:
             out[slot] = TeacherSpec(extra.id, extra.weights, True)
             out.remove(extra)

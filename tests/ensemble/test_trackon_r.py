@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pointtrack_cli import load_tracks
-from pointtrack_cli.ensemble.teachers import PRESETS
+from pointtrack_cli.ensemble.teachers import PRESETS, parse_teachers
 from tests.helpers import realtracker_weights, verifier_weights
 from tests.helpers.teachers import teacher_checkpoint
 
@@ -100,3 +100,12 @@ def test_trackon_r_with_missing_weights_fails_before_tracking(tmp_path, cli, mp4
         assert f"{t}:" in lines[0]
     assert "bootstapir:" not in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_preset_teacher_takes_its_own_size_and_file():
+    """``trackon-r,bootstapir@64x64=b.pt`` fills the preset's bootstapir slot (size and file) instead of adding a
+    sixth teacher."""
+    specs = parse_teachers(["trackon-r", "bootstapir@64x64=b.pt", "lk"])
+    assert [s.id for s in specs] == [*(("bootstapir@64x64" if t == "bootstapir" else t) for t in PRESET), "lk"]
+    slot = next(s for s in specs if s.id == "bootstapir@64x64")
+    assert slot.weights == "b.pt" and slot.official

@@ -25,8 +25,8 @@ WRITER_OF = {"bootstapnext": "bootstapnext", "bootstapir": "bootstapir", "anthro
              "alltracker": "alltracker"}
 CAUSAL = ("bootstapnext", "alltracker")  # no estimate before the query frame (without --backward)
 BIDIRECTIONAL = ("bootstapir", "anthro-locotrack")
-# One size every teacher takes (AllTracker needs 193+ pixels a side; TAPNext a multiple of 8): the preset gives
-# its teachers no per-teacher @HxW, so --resolution sets it for all of them.
+# One size every teacher takes (AllTracker needs 193+ pixels a side; TAPNext a multiple of 8), set for all of them
+# by --resolution (a preset teacher may also take its own, ID@HxW=PATH: test_preset_teacher_takes_its_own_size...).
 RESOLUTION = "200x200"
 
 

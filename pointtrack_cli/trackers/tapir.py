@@ -45,7 +45,7 @@ from ..models.tapir import (
     load_tapir,
 )
 from .base import BuildOptions, FrameSource, ProgressFn, TrackOutput, Tracker
-from .teacher import resize_frames, scale_xy
+from .teacher import check_queries, resize_frames, scale_xy
 
 VIS_THRESHOLD = 0.5
 NATIVE_RESOLUTION = (256, 256)
@@ -163,20 +163,6 @@ class TapirTracker(Tracker):
 
     # ---- tracking -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _check_queries(queries: np.ndarray, num_frames: int) -> np.ndarray:
-        q = np.asarray(queries, dtype=np.float64)
-        if q.ndim != 2 or q.shape[1] != 3:
-            raise PtrackError(f"queries must be an [N, 3] array of (t, x, y), got shape {q.shape}")
-        if not np.isfinite(q).all():
-            raise PtrackError("queries contain NaN or infinite values (fix the query file)")
-        if len(q) and num_frames > 0 and (q[:, 0].min() < 0 or q[:, 0].max() > num_frames - 1):
-            raise PtrackError(
-                f"query frame indices must lie in [0, {num_frames - 1}], got {q[:, 0].min():g}..{q[:, 0].max():g} "
-                "(check --start/--stride and the query file)"
-            )
-        return q
-
     def model_queries(self, queries: np.ndarray, input_hw: tuple[int, int]) -> torch.Tensor:
         """User queries ``[N, 3]`` (t, x, y input pixels) -> model queries ``[N, 3]`` (t, y, x model pixels)."""
         xy = scale_xy(queries[:, 1:3], input_hw, self.resolution)
@@ -195,11 +181,11 @@ class TapirTracker(Tracker):
 
     def track(self, video: FrameSource, queries: np.ndarray, progress: ProgressFn | None = None) -> TrackOutput:
         t_hint = int(getattr(video, "num_frames", 0) or 0)
-        queries = self._check_queries(queries, t_hint)
+        queries = check_queries(queries, t_hint)
         self.check_memory(t_hint, int(video.height), int(video.width))
         frames = video.read_all()
         t, h, w = frames.shape[:3]
-        queries = self._check_queries(queries, t)
+        queries = check_queries(queries, t)
         n = len(queries)
         reported = 0
 

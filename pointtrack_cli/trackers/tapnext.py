@@ -51,7 +51,7 @@ from ..errors import PtrackError
 from ..models.tapnext import PATCH, TAPNext, convert_jax_checkpoint, load_tapnext, tracker_certainty
 from ..weights.state_dict import read_state_dict
 from .base import BuildOptions, FrameSource, ProgressFn, TrackOutput, Tracker
-from .teacher import merge_before_query, resize_frames, reverse_time, scale_xy
+from .teacher import check_queries, merge_before_query, resize_frames, reverse_time, scale_xy
 
 RESOLUTION = (256, 256)
 MAX_BATCH_TOKENS = 8192  # image + point tokens in one network call (see default_max_points)
@@ -263,20 +263,6 @@ class TAPNextTracker(Tracker):
         x = resize_frames(np.asarray(frame)[None], self.resolution, self.device)
         return ((x / 255.0) * 2 - 1).permute(0, 2, 3, 1)[0]
 
-    @staticmethod
-    def _check_queries(queries: np.ndarray, num_frames: int) -> np.ndarray:
-        q = np.asarray(queries, dtype=np.float64)
-        if q.ndim != 2 or q.shape[1] != 3:
-            raise PtrackError(f"queries must be an [N, 3] array of (t, x, y), got shape {q.shape}")
-        if not np.isfinite(q).all():
-            raise PtrackError("queries contain NaN or infinite values (fix the query file)")
-        if len(q) and num_frames > 0 and (q[:, 0].min() < 0 or q[:, 0].max() > num_frames - 1):
-            raise PtrackError(
-                f"query frame indices must lie in [0, {num_frames - 1}], got {q[:, 0].min():g}..{q[:, 0].max():g} "
-                "(check --start/--stride and the query file)"
-            )
-        return q
-
     def _model_queries(self, queries: np.ndarray, input_hw: tuple[int, int]) -> torch.Tensor:
         """(t, x, y) input pixels -> float32 ``[1, N, 3]`` (t, y, x) in the network's coordinate frame."""
         xy = scale_xy(queries[:, 1:], input_hw, self.model.image_size)
@@ -334,7 +320,7 @@ class TAPNextTracker(Tracker):
     @torch.inference_mode()
     def track(self, video: FrameSource, queries: np.ndarray, progress: ProgressFn | None = None) -> TrackOutput:
         hint = int(getattr(video, "num_frames", 0) or 0)
-        queries = self._check_queries(queries, hint)
+        queries = check_queries(queries, hint)
         h, w = int(video.height), int(video.width)
         n = len(queries)
         self.last_memory_estimate = self.check_memory(n)
@@ -354,7 +340,7 @@ class TAPNextTracker(Tracker):
             with self._autocast():
                 tracks, logits, cert = self._run(forward_frames(), batches, n, prog)
                 t = len(tracks)
-                self._check_queries(queries, t)  # the true length is known only now
+                check_queries(queries, t)  # the true length is known only now
                 if self.backward and spill is not None and n:
                     rev = self._model_queries(reverse_time(queries, t), (h, w))
                     rev_batches = [rev[:, b] for b in split_points(n, self.max_points)]

@@ -12,6 +12,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import PtrackError
+
+
+def check_queries(queries: np.ndarray, num_frames: int) -> np.ndarray:
+    """User queries as float64 ``[N, 3]`` (t, x, y); one line for a wrong shape, non-finite values, or query frames
+    outside ``0..num_frames-1`` (``num_frames`` 0: the length is not known yet, frames unchecked)."""
+    q = np.asarray(queries, dtype=np.float64)
+    if q.ndim != 2 or q.shape[1] != 3:
+        raise PtrackError(f"queries must be an [N, 3] array of (t, x, y), got shape {q.shape}")
+    if not np.isfinite(q).all():
+        raise PtrackError("queries contain NaN or infinite values (fix the query file)")
+    if len(q) and num_frames > 0 and (q[:, 0].min() < 0 or q[:, 0].max() > num_frames - 1):
+        raise PtrackError(
+            f"query frame indices must lie in [0, {num_frames - 1}], got {q[:, 0].min():g}..{q[:, 0].max():g} "
+            "(check --start/--stride and the query file)"
+        )
+    return q
+
 
 def resize_frames(frames: np.ndarray | torch.Tensor, hw: tuple[int, int], device: str | torch.device = "cpu") -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` -> float32 ``[T, 3, S_h, S_w]`` in 0..255 (bilinear, align_corners=False)."""

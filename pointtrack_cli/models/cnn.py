@@ -11,10 +11,9 @@ from torch import nn
 
 
 def _instance_norm(x: torch.Tensor) -> torch.Tensor:
-    # No affine parameters and no running statistics: identical in train and eval. group_norm with one group per
-    # channel is the same normalisation (mean and variance over H x W of each sample and channel) through a
-    # kernel about twice as fast as instance_norm on the CPU, at the same precision for contiguous maps.
-    return F.group_norm(x, x.shape[1], eps=1e-5)
+    # No affine parameters and no running statistics: identical in train and eval. (group_norm with one group per
+    # channel is faster on the CPU but moved the verifier's fixture intermediates past their 1e-4 tolerance.)
+    return F.instance_norm(x, eps=1e-5)
 
 
 def _norm_relu(x: torch.Tensor) -> torch.Tensor:

@@ -89,7 +89,7 @@ def child_ptrack(args, timers: Timers) -> None:
         timers.hook_module("corr_mlp", net.corr_mlp)
         uf = net.updateformer
         uf.forward_tokens = timers.wrap("transformer", uf.forward_tokens)
-        uf.input_transform = timers.wrap("transformer", uf.input_transform)
+        timers.hook_module("transformer", uf.input_transform)  # a Linear, called apart from forward_tokens
         return net
 
     tracker_module.load_realtracker = load_hooked
@@ -141,8 +141,9 @@ def main() -> None:
 
         torch.save(fill_state_dict(False), weights)
         for name, (side, e) in sides.items():
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--video", args.video, "--grid",
-                   str(args.grid), "--threads", str(args.threads), "--weights", str(weights)]
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--video",
+                   str(Path(args.video).resolve()), "--grid", str(args.grid), "--threads", str(args.threads),
+                   "--weights", str(weights)]
             load = os.getloadavg()[0]
             proc = subprocess.run(cmd, env=e, capture_output=True, text=True, cwd=tmp)
             if proc.returncode != 0:

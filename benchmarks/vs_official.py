@@ -81,7 +81,8 @@ def main() -> None:
             fill_weights(weights, online)
         ptrack_cmd = [sys.executable, "-m", "pointtrack_cli", "track", args.video, "--model", args.model,
                       "--weights", str(weights), "--grid", str(args.grid), "--no-overlay", "--quiet",
-                      "--device", "cpu", "--precision", args.precision, "--out", str(tmp / "ptrack"), *args.extra.split()]
+                      "--device", "cpu", "--precision", args.precision, "--out", str(tmp / "ptrack"),
+                      "--overwrite", *args.extra.split()]  # every run recomputes (no resume)
         official_cmd = [sys.executable, str(HERE / "_official_runner.py"), "--mode", "online" if online else "offline",
                         "--video", args.video, "--weights", str(weights), "--grid", str(args.grid),
                         "--threads", str(args.threads), "--out", str(tmp / "official.npz")]

@@ -16,6 +16,7 @@ import torch
 
 from ..device import autocast
 from ..errors import PtrackError
+from ..models.allocator import release_freed_memory
 from ..models.verifier import Verifier, load_verifier
 from ..weights.hub import describe, load_weights
 
@@ -43,8 +44,9 @@ def build_verifier(sd_and_info: tuple, device: str | torch.device) -> Verifier:
 
 
 def free_memory() -> None:
-    """Give freed models back (between teachers, after a verifier built for one call)."""
+    """Give freed models back (between teachers, after a verifier built for one call), to the OS included."""
     gc.collect()
+    release_freed_memory()  # the CPU heap RealTracker keeps for reuse (models/allocator.py)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

@@ -28,6 +28,11 @@ FROZEN_PREFIX = "updateformer.vis_conf_head."
 # Frames per feature-network call of the student: with checkpointing, the backward pass of one call holds that
 # call's activations (~0.3 GB per frame at 384x512).
 STUDENT_FNET_CHUNK = 2
+# (point, frame) pairs per correlation chunk of the student (inference: 4096). A chunk's backward holds its 8x8
+# neighbourhood gathers, their bilinear blend and the blend's slice gradients: ~1 GB at 4096 pairs whatever the
+# resolution (384 points x 16 frames = 6144 pairs per window); measured at the issue-15 configuration, 1024 took
+# 0.37 GB off the step's peak.
+STUDENT_CORR_CHUNK = 1024
 
 
 def build_student(sd: dict, online: bool, hw: tuple[int, int], source: str, device: torch.device,
@@ -46,6 +51,7 @@ def build_student(sd: dict, online: bool, hw: tuple[int, int], source: str, devi
     model.checkpointing = checkpointing
     if checkpointing:
         model.fnet_chunk = STUDENT_FNET_CHUNK
+        model.corr_chunk = STUDENT_CORR_CHUNK
     return model.train()
 
 

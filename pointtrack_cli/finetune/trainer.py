@@ -32,6 +32,7 @@ import torch
 from ..device import resolve_precision
 from ..errors import PtrackError
 from ..io.atomic import atomic_path
+from ..models.allocator import release_freed_memory
 from ..weights.hub import download, load_weights
 from ..weights.registry import registry
 from ..weights.state_dict import read_state_dict
@@ -240,7 +241,11 @@ class Trainer:
         length = sample_length(min(len(video), labels.tracks.shape[0]), cfg, self.online)
         batch = Batch(video[:length], labels.truncate(length), clip.clip_id,
                       store.specs[teacher_index].name if teacher_index is not None else "verifier")
+        if self.device.type == "cpu":
+            release_freed_memory()  # the labelling's free heap, so that it does not sit under the step's peak
         parts = compute_loss(self.net, batch, cfg, self.device, self.precision)
+        if self.device.type == "cpu":
+            release_freed_memory()  # the forward's, likewise under the backward's (1.3 GB at the issue-15 config)
         lr = self.opt.param_groups[0]["lr"]
         norm = optimizer_step(self.net, self.opt, self.sched, parts.total, cfg, self.scaler)
         loss, vis_l, occ_l = all_mean([float(parts.total.detach()), float(parts.visible), float(parts.occluded)],

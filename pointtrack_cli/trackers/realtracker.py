@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import PtrackError
-from ..models.allocator import retain_freed_memory
+from ..models.allocator import reuse_freed_memory
 from ..models.realtracker import RealTracker, load_realtracker
 from ..models.realtracker_pyramid import cat_time, empty_pyramid, flip_time
 from ..geometry import input_to_model, model_to_input, official_grid
@@ -363,8 +363,6 @@ class RealTrackerTracker(Tracker):
         if precision not in ("fp32", "bf16", "fp16"):
             raise PtrackError(f"unknown precision {precision!r} (use fp32, bf16 or fp16)")
         self.device = torch.device(device)
-        if self.device.type == "cpu":
-            retain_freed_memory()  # large tensors reused instead of page-faulted in for every frame (allocator.py)
         self.model = model.to(self.device).eval()
         self.model.model_resolution = (h, w)
         self.online = online
@@ -441,7 +439,10 @@ class RealTrackerTracker(Tracker):
 
     def track(self, video: FrameSource, queries: np.ndarray, progress: ProgressFn | None = None) -> TrackOutput:
         queries = self._check_queries(queries, int(getattr(video, "num_frames", 0) or 0))
-        with torch.inference_mode(), self._autocast():
+        # On the CPU large tensors are reused instead of page-faulted in for every frame, and handed back at the
+        # end (models/allocator.py).
+        reuse = reuse_freed_memory() if self.device.type == "cpu" else contextlib.nullcontext()
+        with reuse, torch.inference_mode(), self._autocast():
             if self.online:
                 return self._track_online(video, queries, progress)
             return self._track_offline(video, queries, progress)

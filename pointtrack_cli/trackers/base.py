@@ -17,6 +17,21 @@ ProgressFn = Callable[[int], None]
 """Called with the number of frames just finished (for a progress bar)."""
 
 
+class PassProgress:
+    """Frames of several passes over the video (forward, backward, point batches) -> frames of the video for a
+    :data:`ProgressFn`: ``passes`` frames of work make one frame of progress."""
+
+    def __init__(self, fn: ProgressFn | None, passes: int) -> None:
+        self.fn, self.passes, self.units, self.reported = fn, max(1, passes), 0, 0
+
+    def __call__(self, units: int) -> None:
+        self.units += units
+        frames = self.units // self.passes
+        if self.fn is not None and frames > self.reported:
+            self.fn(frames - self.reported)
+        self.reported = max(self.reported, frames)
+
+
 class FrameSource(Protocol):
     """A video the tracker can iterate once or more (streaming) or read whole."""
 

@@ -44,7 +44,7 @@ from ..models.allocator import reuse_freed_memory
 from ..models.realtracker import RealTracker, load_realtracker
 from ..models.realtracker_pyramid import cat_time, empty_pyramid, flip_time
 from ..geometry import input_to_model, model_to_input, official_grid
-from .base import BuildOptions, FrameSource, ProgressFn, TrackOutput, Tracker
+from .base import BuildOptions, FrameSource, PassProgress, ProgressFn, TrackOutput, Tracker
 
 SUPPORT_GRID_SIZE = 6
 ITERS = 6
@@ -279,20 +279,6 @@ def run_online(
 # The Tracker
 
 
-class _Progress:
-    """Turns work units (frames of each pass) into frames of the video for ``progress``."""
-
-    def __init__(self, fn: ProgressFn | None, passes: int) -> None:
-        self.fn, self.passes, self.units, self.reported = fn, max(1, passes), 0, 0
-
-    def __call__(self, units: int) -> None:
-        self.units += units
-        frames = self.units // self.passes
-        if self.fn is not None and frames > self.reported:
-            self.fn(frames - self.reported)
-        self.reported = max(self.reported, frames)
-
-
 class _Spill:
     """Model-resolution frames spilled as float16 to a temporary file, read back newest first."""
 
@@ -458,7 +444,7 @@ class RealTrackerTracker(Tracker):
             return self._finish(np.zeros((t, n, 2)), np.zeros((t, n), bool), np.zeros((t, n)), np.zeros((t, n)), queries)
         max_points = self.max_points or default_max_points(t)
         n_batches = len(split_points(n, max_points))
-        prog = _Progress(progress, 1 + n_batches * (2 if self.backward else 1))
+        prog = PassProgress(progress, 1 + n_batches * (2 if self.backward else 1))
         model = self.model
         # Features once for the whole clip (fnet is per frame), shared by every batch; the reversed pass
         # reuses them flipped in time instead of recomputing them.
@@ -503,7 +489,7 @@ class RealTrackerTracker(Tracker):
         max_points = self.max_points or default_max_points(self.model.window_len)
         batches = split_points(n, max_points)
         mqs = [prepare_queries(queries[b], (h, w), self.resolution, self.support_grid) for b in batches]
-        prog = _Progress(progress, 2 if self.backward else 1)
+        prog = PassProgress(progress, 2 if self.backward else 1)
         spill = _Spill((3,) + self.resolution) if self.backward else None
         try:
 

@@ -50,7 +50,7 @@ import torch
 from ..errors import PtrackError
 from ..models.tapnext import PATCH, TAPNext, convert_jax_checkpoint, load_tapnext, tracker_certainty
 from ..weights.state_dict import read_state_dict
-from .base import BuildOptions, FrameSource, ProgressFn, TrackOutput, Tracker
+from .base import BuildOptions, FrameSource, PassProgress, ProgressFn, TrackOutput, Tracker
 from .teacher import check_queries, merge_before_query, resize_frames, reverse_time, scale_xy
 
 RESOLUTION = (256, 256)
@@ -179,20 +179,6 @@ class _Spill:
             self.file.close()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
-
-
-class _Progress:
-    """Frames of every pass -> frames of the video for ``progress``."""
-
-    def __init__(self, fn: ProgressFn | None, passes: int) -> None:
-        self.fn, self.passes, self.units, self.reported = fn, max(1, passes), 0, 0
-
-    def __call__(self, units: int) -> None:
-        self.units += units
-        frames = self.units // self.passes
-        if self.fn is not None and frames > self.reported:
-            self.fn(frames - self.reported)
-        self.reported = max(self.reported, frames)
 
 
 class TAPNextTracker(Tracker):
@@ -326,7 +312,7 @@ class TAPNextTracker(Tracker):
         self.last_memory_estimate = self.check_memory(n)
         mq = self._model_queries(queries, (h, w))
         batches = [mq[:, b] for b in split_points(n, self.max_points)]
-        prog = _Progress(progress, 2 if self.backward else 1)
+        prog = PassProgress(progress, 2 if self.backward else 1)
         spill = _Spill() if self.backward else None
         try:
 

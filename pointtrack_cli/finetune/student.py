@@ -29,9 +29,9 @@ FROZEN_PREFIX = "updateformer.vis_conf_head."
 # call's activations (~0.3 GB per frame at 384x512).
 STUDENT_FNET_CHUNK = 2
 # (point, frame) pairs per correlation chunk of the student (inference: 4096). A chunk's backward holds its 8x8
-# neighbourhood gathers, their bilinear blend and the blend's slice gradients: ~1 GB at 4096 pairs whatever the
-# resolution (384 points x 16 frames = 6144 pairs per window); measured at the issue-15 configuration, 1024 took
-# 0.37 GB off the step's peak.
+# neighbourhood gathers (~100 MB per pyramid level at 4096 pairs), their bilinear blend and the blend's slice
+# gradients, whatever the resolution (384 points x 16 frames = 6144 pairs per window); measured at the issue-15
+# configuration, 1024 took 0.37 GB off the step's peak.
 STUDENT_CORR_CHUNK = 1024
 
 

@@ -8,10 +8,11 @@ time went to the kernel). Inside :func:`reuse_freed_memory` both thresholds are 
 blocks come from the heap and are reused: no page faults after the first frames.
 
 The price is memory that stays with the process: every thread's heap keeps up to 1 GiB of freed blocks. That is
-what a model running frame after frame wants, and what the next stage of a longer run does not: AllTracker run
-after RealTracker in one process on 2 threads peaked 0.8 GB higher with the setting left on than alone (30
-frames of 480x854, 3428 vs 2644 MiB). So the setting is scoped: leaving the block sets the thresholds to where
-glibc's adaptive ones settle once a large block has been freed, and hands the free heap back to the OS.
+what a model running frame after frame wants, and what the next stage of a longer run does not: AllTracker with
+the setting on peaked 0.8 GB higher than with glibc's defaults (2 threads, 30 frames of 480x854: 3428 vs 2644
+MiB), and an ensemble ran it after its RealTracker teacher had switched the setting on for the whole process. So
+the setting is scoped: leaving the block sets the thresholds to where glibc's adaptive ones settle once a large
+block has been freed, and hands the free heap back to the OS.
 
 This is the in-process equivalent of what PyTorch's CPU performance guides do with jemalloc / tcmalloc via
 ``LD_PRELOAD``. Only on glibc (Linux); elsewhere it does nothing.

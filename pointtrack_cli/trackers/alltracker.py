@@ -32,8 +32,8 @@ Documented deviations (the only places ptrack's numbers differ from the official
   the query point itself (visible, 1, 1) on the query frame.
 * Output scaling in float64 (:func:`.teacher.scale_xy`; the official code scales in float32: ~1e-5 px).
 * Frames are resized and encoded lazily, per window, and the features of a frame are cached (up to
-  :data:`FEATURE_CACHE_BYTES`) and reused by the dense runs of later query frames and by the backward pass;
-  the clip is padded as the official code does but its repeated last frame is encoded once. None of this
+  :data:`FEATURE_CACHE_BYTES`) and reused by the dense runs of later query frames and by the backward pass,
+  while such a run is still to come (one query frame, forward only: nothing is cached); the clip is padded as the official code does but its repeated last frame is encoded once. None of this
   changes a number beyond float rounding.
 * ``--resolution HxW`` (or ``alltracker@HxW``) runs the wrapper at another size (the official wrapper with its
   ``interp_shape`` changed). Frames are padded to multiples of 64; at least 193 pixels a side are needed.
@@ -84,12 +84,13 @@ def window_bytes(resolution: tuple[int, int], seqlen: int = 16) -> int:
 
 
 def estimate_bytes(num_frames: int, input_hw: tuple[int, int], resolution: tuple[int, int], num_points: int,
-                   seqlen: int = 16) -> int:
-    """Peak memory of a run: the decoded clip (uint8), the feature cache, one window's working memory, the
-    outputs (float64 per point and frame) and the network (~70 MB) with the runtime."""
+                   seqlen: int = 16, cached: bool = True) -> int:
+    """Peak memory of a run: the decoded clip (uint8), the feature cache (``cached``: more than one dense run),
+    one window's working memory, the outputs (float64 per point and frame) and the network (~70 MB) with the
+    runtime."""
     t = num_frames
     clip = t * input_hw[0] * input_hw[1] * 3
-    cache = min(FEATURE_CACHE_BYTES, t * feature_bytes_per_frame(resolution))
+    cache = min(FEATURE_CACHE_BYTES, t * feature_bytes_per_frame(resolution)) if cached else 0
     outputs = 2 * 8 * 6 * t * max(num_points, 1)
     return clip + cache + window_bytes(resolution, seqlen) + outputs + (300 << 20)
 
@@ -199,8 +200,12 @@ class AllTrackerTracker(Tracker):
         px[:, 1] = px[:, 1].clamp(0, s_h - 1)
         return px.numpy()
 
-    def _pass(self, frames: np.ndarray, frame_ids: np.ndarray, queries: np.ndarray, cache: dict, step) -> tuple:
+    def _pass(self, frames: np.ndarray, frame_ids: np.ndarray, queries: np.ndarray, cache: dict, step,
+              more_after: bool = False) -> tuple:
         """The wrapper on ``frames`` ``[T, H, W, 3]`` (``frame_ids``: their indices in the clip, for the cache).
+
+        Features go into ``cache`` only while a later dense run may read them (another query frame of this pass,
+        or ``more_after``: a pass that follows); the last run needs none, each frame being encoded once per run.
 
         Returns tracks ``[T, N, 2]`` (model pixels), visibility_prob (float32 products) and confidence
         ``[T, N]``; frames before each query frame hold zeros.
@@ -219,8 +224,9 @@ class AllTrackerTracker(Tracker):
             tracks[q, cols] = queries[cols, 1:3] * to_model
             prob[q, cols], conf[q, cols] = 1.0, 1.0
 
-        def encoder(first: int):
-            """Features of frames ``first + i`` (model input: resized, normalised, padded), through the cache."""
+        def encoder(first: int, keep: bool):
+            """Features of frames ``first + i`` (model input: resized, normalised, padded), through the cache;
+            ``keep``: store new ones there for later runs."""
 
             def encode(idx: list[int]) -> torch.Tensor:
                 ids = [int(frame_ids[first + i]) for i in idx]
@@ -230,14 +236,15 @@ class AllTrackerTracker(Tracker):
                     x = resize_frames(frames[[first + i for i in todo]], self.resolution, self.device)
                     for i, f in zip(todo, self.model.encode(self.model.normalise(x))):
                         fresh[int(frame_ids[first + i])] = f
-                        if per_frame and (len(cache) + 1) * per_frame <= self.feature_cache_bytes:
+                        if keep and per_frame and (len(cache) + 1) * per_frame <= self.feature_cache_bytes:
                             cache[int(frame_ids[first + i])] = f
                 return torch.stack([cache[fid] if fid in cache else fresh[fid] for fid in ids])
 
             return encode
 
         # latest query frame first: its frames are needed by every earlier run, so they are cached first
-        for q in sorted(set(q_frames.tolist()), reverse=True):
+        runs = sorted(set(q_frames.tolist()), reverse=True)
+        for k, q in enumerate(runs):
             cols = np.nonzero(q_frames == q)[0]
             length = t - q
             if length < 2:  # a query on the last frame: no run
@@ -248,7 +255,7 @@ class AllTrackerTracker(Tracker):
             self.last_dense_runs.append((q, length, sliding))
             pixels = torch.as_tensor(px[cols], device=self.device)
             flow, visconf = self.model.track_clip(
-                encoder(q), length, self.resolution, self.iters, sliding, pixels, progress=step
+                encoder(q, more_after or k < len(runs) - 1), length, self.resolution, self.iters, sliding, pixels, progress=step
             )
             flow = flow.float().cpu().numpy()  # [T', K, 2]
             visconf = visconf.float().cpu().numpy()
@@ -268,7 +275,8 @@ class AllTrackerTracker(Tracker):
         queries = self._check_queries(queries, t)
         n = len(queries)
         self.last_dense_runs = []
-        need = estimate_bytes(t, (h, w), self.resolution, n, self.model.seqlen)
+        runs = len(np.unique(queries[:, 0].astype(np.int64))) * (2 if self.backward else 1)
+        need = estimate_bytes(t, (h, w), self.resolution, n, self.model.seqlen, cached=runs > 1)
         self.last_memory_estimate = need
         avail = available_bytes(str(self.device))
         if avail is not None and need > MEMORY_MARGIN * avail:
@@ -297,7 +305,7 @@ class AllTrackerTracker(Tracker):
             if n == 0:
                 fw = (np.zeros((t, 0, 2)), np.zeros((t, 0), np.float32), np.zeros((t, 0), np.float32))
             else:
-                fw = self._pass(frames, np.arange(t), queries, cache, prog)
+                fw = self._pass(frames, np.arange(t), queries, cache, prog, more_after=self.backward)
             if self.backward and n:
                 bw = self._pass(frames[::-1], np.arange(t)[::-1], rev_q, cache, prog)
                 fw = merge_before_query(fw, bw, queries[:, 0])

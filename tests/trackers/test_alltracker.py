@@ -3,8 +3,10 @@ deviations (before the query frame, queries on the last two frames), the backwar
 memory check, and the CLI end to end (``tests/fixtures/alltracker/README.md``)."""
 from __future__ import annotations
 
+import gc
 import json
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -139,6 +141,52 @@ def test_runs_longer_than_128_frames_slide(fake_tracker):
     assert sum(done) == 131
     np.testing.assert_allclose(out.visibility_prob[3:, 2], 0.81, rtol=1e-6)  # visibility x confidence
     assert out.visibility[3:].all() and (out.confidence[3:, 2] == np.float32(0.9)).all()
+
+
+class EncodingNet(FakeNet):
+    """A :class:`FakeNet` that asks for every frame's features, then records how many frames the network encoded
+    and how many of the frame features it encoded are still alive (held by the wrapper's feature cache) once done."""
+
+    def __init__(self, model, monkeypatch):
+        super().__init__(model)
+        self.encoded, self.alive, self.refs = [], [], []
+        encode = model.encode
+
+        def spy(images):  # one tensor per frame, so that each frame's features can be watched
+            frames = [f.clone() for f in encode(images)]
+            self.refs += [weakref.ref(f) for f in frames]
+            self.encoded[-1] += len(frames)
+            return frames
+
+        monkeypatch.setattr(model, "encode", spy)
+
+    def __call__(self, encode, num_frames, hw, iters, sliding, pixels, progress=None):
+        self.encoded.append(0)
+        encode(list(range(num_frames)))
+        gc.collect()
+        self.alive.append(sum(r() is not None for r in self.refs))
+        self.refs.clear()
+        return super().__call__(encode, num_frames, hw, iters, sliding, pixels, progress)
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_features_are_kept_only_for_later_runs(monkeypatch, backward):
+    """Frame features are cached while a later dense run reads them, and not after: at 100 frames of 384x512
+    the cache would hold ~0.3 GB that a single run (one query frame) never reads."""
+    model = load_alltracker(fill_state_dict("reduced"), "fill rule", **config_kwargs("reduced"))
+    net = EncodingNet(model, monkeypatch)
+    monkeypatch.setattr(model, "track_clip", net)
+    tracker = AllTrackerTracker(model, (64, 64), backward=backward)
+    video = ArrayVideo(np.zeros((6, 8, 8, 3), np.uint8))
+    tracker.track(video, np.array([[1, 1.0, 1.0], [3, 2.0, 2.0]]))
+    # forward runs from frame 3, then from frame 1 (frames 3-5 come from the cache); the last run keeps nothing
+    assert net.encoded[:2] == [3, 2]
+    assert net.alive[:2] == ([3, 2] if backward else [3, 0])
+    if backward:  # the reversed clip's runs: frame 0 is new (the forward runs started at 1), the rest cached
+        assert net.encoded[2:] == [1, 0]
+    net.encoded, net.alive = [], []
+    tracker.track(video, np.array([[0, 1.0, 1.0]]))
+    assert net.encoded[0] == 6 and net.alive[0] == (6 if backward else 0)
 
 
 def test_many_query_frames_warn_about_the_cost(fake_tracker):

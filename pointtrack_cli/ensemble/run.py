@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from .teachers import (
     query_rows, run_teachers, unique_names,
 )
 from .tracker import check_teachers
-from .verifier import load_verifier_weights
+from .verifier import check_verifier_weights, reload_verifier_weights
 
 
 @dataclass
@@ -148,14 +148,14 @@ class EnsembleJob:
     queries: str | Path | np.ndarray | None
     order: list
     cand_paths: list[Path]
-    vweights: Any
+    verifier_info: dict | None  # checked by plan_ensemble, read again when the verifier runs
     inputs: dict
     args: dict
     planned: tuple[np.ndarray, bool] | None = None  # (queries [N, 3], explicit) read by plan_ensemble
 
     def run(self, progress: ProgressFn | None = None, stage: StageFn | None = None) -> EnsembleResult:
         a = self.args
-        dev, prec, select, seed, vweights, command = a["dev"], a["prec"], a["select"], a["seed"], self.vweights, a["command"]
+        dev, prec, select, seed, command = a["dev"], a["prec"], a["select"], a["seed"], a["command"]
         grid, grid_frame, mask, points = a["grid"], a["grid_frame"], a["mask"], a["points"]
         backward, resolution, precision, quiet, support_grid = (a[k] for k in ("backward", "resolution", "precision",
                                                                               "quiet", "support_grid"))
@@ -205,6 +205,8 @@ class EnsembleJob:
         cand_vis = np.stack(vis_all, axis=2).astype(bool) & ~S.absent_candidates(cand_src)
         # Selection happens in the frames the teachers saw (identical to original pixels without max_size).
         cand = dec.from_source(cand_src.astype(np.float64)).astype(np.float32)
+        vinfo = self.verifier_info
+        vweights = None if vinfo is None else reload_verifier_weights(vinfo)  # after the teachers' peak memory
         choice = choose(dec.frames, cand, cand_vis, q_model, select, seed=seed, verifier=vweights, device=dev,
                         precision=prec, progress=progress, stage=stage)
         seconds.update(choice.seconds)
@@ -219,7 +221,7 @@ class EnsembleJob:
             "teachers": names,
             "candidate_files": [str(p.resolve()) for p in cand_paths],
             "teacher_settings": run.settings,
-            "verifier_weights": None if vweights is None else dict(vweights[1]),
+            "verifier_weights": None if vinfo is None else dict(vinfo),
             "verifier_precision": prec if select == "verifier" else None,
             "device": dev,
             "seed": seed if select == "random" else None,
@@ -290,7 +292,7 @@ def plan_ensemble(
     dev = resolve_device(device)
     prec = resolve_precision(check_precision(precision), dev, "verifier")
     # Everything that can fail cheaply (weights, files, queries) is checked before any tracking.
-    vweights = load_verifier_weights(verifier_weights, quiet) if select == "verifier" else None
+    vinfo = check_verifier_weights(verifier_weights, quiet) if select == "verifier" else None
     fetch_teacher_weights(specs, quiet)  # cached after the first time; fail now, not after other teachers ran
     reader = video if isinstance(video, Video) else open_video(video, start=start, end=end, stride=stride,
                                                                max_size=max_size, strict_decode=strict_decode)
@@ -309,4 +311,4 @@ def plan_ensemble(
     args = dict(dev=dev, prec=prec, select=select, seed=seed, grid=grid, grid_frame=grid_frame, mask=mask,
                 points=points, backward=backward, resolution=resolution, precision=precision, quiet=quiet,
                 support_grid=support_grid, command=command, start=start, end=end, stride=stride, max_size=max_size)
-    return EnsembleJob(reader, queries, order, cand_paths, vweights, inputs, args, planned)
+    return EnsembleJob(reader, queries, order, cand_paths, vinfo, inputs, args, planned)

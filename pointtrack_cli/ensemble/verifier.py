@@ -17,8 +17,9 @@ import torch
 from ..device import autocast
 from ..errors import PtrackError
 from ..models.allocator import release_freed_memory
-from ..models.verifier import Verifier, load_verifier
+from ..models.verifier import Verifier, expected_shapes, load_verifier
 from ..weights.hub import describe, load_weights
+from ..weights.state_dict import check_state_dict
 
 VerifierArg = Union[tuple, Verifier]
 """``(state dict, info)`` from :func:`load_verifier_weights`, or a model from :func:`build_verifier`."""
@@ -37,6 +38,24 @@ def load_verifier_weights(weights: str | Path | None, quiet: bool = True, hint: 
         raise PtrackError(f"verifier weights unavailable: {msg}; {hint}") from None
 
 
+def check_verifier_weights(weights: str | Path | None, quiet: bool = True) -> dict:
+    """Load and check the verifier's weights now, keep only where they came from (``info``); the state dict
+    is freed: :func:`reload_verifier_weights` reads it again when the verifier runs.
+
+    An ensemble checks the file before its teachers run (a bad file fails in seconds, not after hours) but
+    does not hold the tensors (44 MB) under the teachers' peak memory.
+    """
+    sd, info = load_verifier_weights(weights, quiet)
+    check_state_dict(sd, expected_shapes(), describe(info), "Track-On-R verifier")
+    return info
+
+
+def reload_verifier_weights(info: dict) -> tuple[dict, dict]:
+    """``(state dict, info)`` again from the file :func:`check_verifier_weights` checked (its resolved path)."""
+    sd, _ = load_verifier_weights(info["path"])
+    return sd, info
+
+
 def build_verifier(sd_and_info: tuple, device: str | torch.device) -> Verifier:
     """An eval-mode :class:`Verifier` on ``device`` from ``(state dict, info)``."""
     sd, info = sd_and_info
@@ -46,7 +65,7 @@ def build_verifier(sd_and_info: tuple, device: str | torch.device) -> Verifier:
 def free_memory() -> None:
     """Give freed models back (between teachers, after a verifier built for one call), to the OS included."""
     gc.collect()
-    release_freed_memory()  # the CPU heap RealTracker keeps for reuse (models/allocator.py)
+    release_freed_memory()  # the holes the last model's tensors left in the heap, before the next one allocates
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from pointtrack_cli.api import ensemble
+from pointtrack_cli.ensemble import run as ensemble_run
+from pointtrack_cli.errors import PtrackError
 from pointtrack_cli.io.video import ArrayVideo
 from pointtrack_cli.io.writers import save_npz
 from pointtrack_cli.result import TrackResult, load_tracks
@@ -105,6 +107,34 @@ def test_python_api_with_lk_teacher_and_candidate_file(frames, tmp_path):
     arrays = both.selection_arrays()
     assert set(arrays) >= {"candidates", "candidate_visibility", "scores", "chosen", "teachers"}
     assert sum(both.counts().values()) > 0
+
+
+def test_verifier_file_is_checked_before_the_teachers_and_read_after_them(case, tmp_path, monkeypatch):
+    """A mis-shaped verifier file fails in seconds with one line (no teacher has run); a good one is not held
+    in memory while the teachers run (it is read again for the verifier stage, after the last teacher)."""
+    data, frames, _, weights, _ = case
+    video = ArrayVideo(data["video"])
+    q = np.array([[0, 30.0, 20.0], [2, 40.0, 30.0]])
+    sd = fill_state_dict()
+    key = next(k for k, v in sd.items() if v.ndim == 2)
+    sd[key] = sd[key][:, :-1]
+    bad = tmp_path / "verifier_bad.pt"
+    torch.save(sd, bad)
+    events = []
+    stage = lambda name, total: events.append(name)  # noqa: E731
+    with pytest.raises(PtrackError, match=key):
+        ensemble(video, q, teachers=["lk"], verifier_weights=bad, device="cpu", stage=stage)
+    assert events == []
+    res = invoke([frames, "--teachers", "lk", "--verifier-weights", bad, "--out", tmp_path / "o", "--quiet"])
+    assert res.exit_code == 2 and key in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()
+
+    reads = []
+    reload = ensemble_run.reload_verifier_weights
+    monkeypatch.setattr(ensemble_run, "reload_verifier_weights", lambda info: (reads.append(list(events)), reload(info))[1])
+    out = ensemble(video, q, teachers=["lk"], verifier_weights=weights, device="cpu", stage=stage)
+    assert reads == [["teacher lk"]] and events[-1] == "verifier"
+    assert out.result.meta["verifier_weights"]["path"] == str(weights.resolve())
 
 
 def test_missing_estimates_before_query_frame_leave_later_frames_alone(case, tmp_path):

@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import ctypes.util
 import gc
 import json
 import os
@@ -62,6 +60,7 @@ from pointtrack_cli.finetune import data as D  # noqa: E402
 from pointtrack_cli.finetune.config import DEFAULT_CLIP_LEN  # noqa: E402
 from pointtrack_cli.finetune.labels import LabelStore, weights_stamp  # noqa: E402
 from pointtrack_cli.finetune.trainer import teacher_specs  # noqa: E402
+from pointtrack_cli.models.allocator import release_freed_memory  # noqa: E402
 from pointtrack_cli.synthetic import translating_frames, write_mp4  # noqa: E402
 from pointtrack_cli.weights.hub import load_weights  # noqa: E402
 from tests.helpers.realtracker_weights import fill_state_dict  # noqa: E402
@@ -121,10 +120,9 @@ def make_config(args, student: str, recipe: str, videos: Path, out: Path, weight
 
 
 def release_and_reset_peak() -> None:
-    """Hand freed heap memory back to the OS (ptrack's allocator setting keeps it), then restart the RSS peak."""
+    """Hand freed heap memory back to the OS (as the trainer does between stages), then restart the RSS peak."""
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    release_freed_memory()
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
 

@@ -232,6 +232,11 @@ class Trainer:
                 self.log(f"skipping clip {clip.describe()}: {exc}")
                 self.bad.add(idx)
 
+    def _release_host_memory(self) -> None:
+        """On the CPU, hand the heap freed by the last stage back to the OS (models/allocator.py)."""
+        if self.device.type == "cpu":
+            release_freed_memory()
+
     def train_step(self, step: int) -> dict:
         """Train 0-based ``step`` (see the module docstring); writes and reports its record (``step`` + 1)."""
         cfg, store = self.cfg, self.store
@@ -241,11 +246,9 @@ class Trainer:
         length = sample_length(min(len(video), labels.tracks.shape[0]), cfg, self.online)
         batch = Batch(video[:length], labels.truncate(length), clip.clip_id,
                       store.specs[teacher_index].name if teacher_index is not None else "verifier")
-        if self.device.type == "cpu":
-            release_freed_memory()  # the labelling's free heap, so that it does not sit under the step's peak
+        self._release_host_memory()  # the labelling's free heap, so that it does not sit under the step's peak
         parts = compute_loss(self.net, batch, cfg, self.device, self.precision)
-        if self.device.type == "cpu":
-            release_freed_memory()  # the forward's, likewise under the backward's (1.3 GB at the issue-15 config)
+        self._release_host_memory()  # the forward's, likewise under the backward's (1.3 GB at the issue-15 config)
         lr = self.opt.param_groups[0]["lr"]
         norm = optimizer_step(self.net, self.opt, self.sched, parts.total, cfg, self.scaler)
         loss, vis_l, occ_l = all_mean([float(parts.total.detach()), float(parts.visible), float(parts.occluded)],

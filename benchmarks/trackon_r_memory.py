@@ -1,7 +1,7 @@
 """Peak RSS of ``ptrack ensemble --teachers trackon-r`` next to that of its largest teacher run alone (issue 14).
 
     python benchmarks/trackon_r_memory.py [--frames 100] [--size 480x854] [--grid 20] [--threads 1] [--work DIR]
-                                          [--alone IDS|none]
+                                          [--alone IDS|none] [--no-ensemble]
 
 Generates a clip (``synthetic.translating_frames``, written as mp4) and fill-rule weights for every teacher of
 the preset in its official file layout (``tests/helpers``: the checkpoints the tests use, at each teacher's
@@ -13,6 +13,7 @@ registry configuration) and the verifier, then runs in child processes, each mea
   with ``--no-support-grid``, as the preset runs it), then the verifier stage alone: ``ptrack ensemble CLIP
   --candidates`` (the teachers' ``tracks.npz``) ``--verifier-weights V``.
 
+``--no-ensemble`` skips the first run (e.g. to measure a teacher alone in a second process, in parallel).
 It prints one JSON line per run (seconds, CPU seconds, peak RSS MiB) and a summary: the ensemble's peak RSS, the
 largest single teacher's, and the size of the candidate arrays the ensemble holds on top (``[T, N, M]``
 tracks, visibility, verifier scores). Weight values do not change memory or time (fill rule: speed and memory
@@ -77,6 +78,7 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="folder for the clip, weights and outputs (default: temporary)")
     ap.add_argument("--alone", default=None, help="comma-separated teachers to run alone, in this order (default: "
                     "every teacher of the preset; 'none': only the ensemble)")
+    ap.add_argument("--no-ensemble", action="store_true", help="only the runs alone (and the verifier stage)")
     args = ap.parse_args()
     from pointtrack_cli.ensemble.teachers import PRESETS
     from pointtrack_cli.synthetic import translating_frames, write_mp4
@@ -90,9 +92,9 @@ def main() -> None:
     weights = write_weights(work / "weights")
     common = ["--grid", str(args.grid), "--no-overlay", "--format", "npz", "--quiet", "--device", "cpu", "--overwrite"]
     teachers = ",".join(["trackon-r"] + [f"{t}={weights[t]}" for t in PRESETS["trackon-r"]])
-    rows = [measure("ensemble trackon-r", ["ensemble", str(clip), "--teachers", teachers, "--verifier-weights",
-                                           str(weights["verifier"]), "--out", str(work / "ensemble"), *common],
-                    args.threads)]
+    rows = [] if args.no_ensemble else [
+        measure("ensemble trackon-r", ["ensemble", str(clip), "--teachers", teachers, "--verifier-weights",
+                                       str(weights["verifier"]), "--out", str(work / "ensemble"), *common], args.threads)]
     alone_ids = list(PRESETS["trackon-r"]) if args.alone is None else [t for t in args.alone.split(",") if t != "none"]
     for t in alone_ids:
         extra = ["--no-support-grid"] if t.startswith("realtracker") else []
@@ -105,14 +107,16 @@ def main() -> None:
                              "--out", str(work / "verifier"), *common[2:]], args.threads))
     n, m = args.grid * args.grid, len(PRESETS["trackon-r"])
     candidates = args.frames * n * m * (2 * 4 + 1 + 4)  # float32 tracks, bool visibility, float32 scores
-    alone = [r for r in rows[1:] if r["exit_code"] == 0 and r["run"].startswith("track ")]
-    summary = {"ensemble_peak_rss_mib": rows[0]["peak_rss_mib"], "ensemble_exit_code": rows[0]["exit_code"],
-               "candidate_arrays_mib": round(candidates / 2**20, 1), "clip": f"{args.frames}x{h}x{w}, grid {args.grid}",
+    alone = [r for r in rows if r["exit_code"] == 0 and r["run"].startswith("track ")]
+    summary = {"candidate_arrays_mib": round(candidates / 2**20, 1), "clip": f"{args.frames}x{h}x{w}, grid {args.grid}",
                "threads": args.threads}
+    if not args.no_ensemble:
+        summary.update(ensemble_peak_rss_mib=rows[0]["peak_rss_mib"], ensemble_exit_code=rows[0]["exit_code"])
     if alone:
         top = max(alone, key=lambda r: r["peak_rss_mib"])
-        summary.update(largest_teacher=top["run"], largest_teacher_peak_rss_mib=top["peak_rss_mib"],
-                       ensemble_minus_largest_mib=round(rows[0]["peak_rss_mib"] - top["peak_rss_mib"], 1))
+        summary.update(largest_teacher=top["run"], largest_teacher_peak_rss_mib=top["peak_rss_mib"])
+        if not args.no_ensemble:
+            summary["ensemble_minus_largest_mib"] = round(rows[0]["peak_rss_mib"] - top["peak_rss_mib"], 1)
     print(json.dumps(summary), flush=True)
 
 

@@ -18,6 +18,7 @@ from ..device import check_precision, resolve_device, resolve_precision
 from ..errors import PtrackError
 from ..io.identity import array_digest, path_identity, video_identity, weights_identity
 from ..io.video import ArrayVideo, Video, decode_report, open_video, selection_meta
+from ..models.allocator import release_freed_memory
 from ..queries import build_queries, validate_queries
 from ..result import COORDINATES, TrackResult
 from ..trackers.base import ProgressFn, Tracker
@@ -168,6 +169,7 @@ class EnsembleJob:
             if stage is not None:
                 stage("decoding", self.video.num_frames)
             dec = self.video.decode(progress)  # every teacher, the verifier and the overlay see these frames
+            release_freed_memory()  # the decoder's buffers and frame list, freed: not under the first teacher's peak
         seconds = {"decode": time.perf_counter() - t0}
         files, file_q = load_candidate_files(cand_paths, dec)
         explicit_source = queries is not None or grid is not None or mask is not None or bool(points)

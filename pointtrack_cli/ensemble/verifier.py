@@ -47,6 +47,8 @@ def check_verifier_weights(weights: str | Path | None, quiet: bool = True) -> di
     """
     sd, info = load_verifier_weights(weights, quiet)
     check_state_dict(sd, expected_shapes(), describe(info), "Track-On-R verifier")
+    del sd
+    release_freed_memory()
     return info
 
 

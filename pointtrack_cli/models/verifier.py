@@ -456,10 +456,12 @@ class Verifier(nn.Module):
 
 
 def expected_shapes() -> dict[str, tuple[int, ...]]:
-    """Official key -> shape of the verifier state dict (212 keys)."""
-    with torch.device("meta"):
-        model = Verifier()
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    """Official key -> shape of the verifier state dict (212 keys).
+
+    Built on the CPU (0.15 s): the first model built under ``torch.device("meta")`` imports torch's meta
+    kernels (~6 s and memory that stays, under an ensemble's teachers when the file is checked first).
+    """
+    return {k: tuple(v.shape) for k, v in Verifier().state_dict().items()}
 
 
 def load_verifier(sd: Mapping[str, torch.Tensor], source: str) -> Verifier:

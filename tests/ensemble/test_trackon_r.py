@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from pointtrack_cli import load_tracks
-from pointtrack_cli.ensemble.teachers import PRESETS, parse_teachers
+from pointtrack_cli.ensemble.teachers import PRESETS, parse_teachers, run_order, run_teachers
+from pointtrack_cli.io.video import ArrayVideo
+from pointtrack_cli.trackers.base import Tracker, TrackOutput
 from tests.helpers import realtracker_weights, verifier_weights
 from tests.helpers.teachers import teacher_checkpoint
 
@@ -109,3 +111,32 @@ def test_preset_teacher_takes_its_own_size_and_file():
     assert [s.id for s in specs] == [*(("bootstapir@64x64" if t == "bootstapir" else t) for t in PRESET), "lk"]
     slot = next(s for s in specs if s.id == "bootstapir@64x64")
     assert slot.weights == "b.pt" and slot.official
+
+
+class Constant(Tracker):
+    """A teacher that reports its own number everywhere, so results can be told apart; records when it ran."""
+
+    def __init__(self, value: float, ran: list):
+        self.value, self.ran = value, ran
+
+    def track(self, video, queries, progress=None):
+        self.ran.append(self.value)
+        t, n = video.num_frames, len(queries)
+        return TrackOutput(np.full((t, n, 2), self.value, np.float32), np.ones((t, n), bool),
+                           np.ones((t, n), np.float32), np.ones((t, n), np.float32))
+
+
+def test_heaviest_teacher_runs_first_results_stay_in_the_given_order():
+    """AllTracker (the preset's largest peak alone) runs while the process is fresh; the candidates keep the
+    preset's order, which the verifier's columns and ``selection.npz`` follow."""
+    specs = parse_teachers(["trackon-r", "lk"])
+    assert [specs[i].id for i in run_order(specs)] == ["alltracker", "anthro-locotrack", "bootstapnext",
+                                                      "realtracker-online", "bootstapir", "lk"]
+    ran: list = []
+    builds = {s.id: Constant(float(k), ran) for k, s in enumerate(specs)}
+    video = ArrayVideo(np.zeros((3, 8, 8, 3), np.uint8))
+    out = run_teachers(specs, video, np.array([[0, 1.0, 1.0]]), build=lambda s: builds[s.id])
+    assert ran == [4.0, 3.0, 0.0, 2.0, 1.0, 5.0]
+    assert out.names == [s.id for s in specs]
+    assert [float(tr[0, 0, 0]) for tr in out.tracks] == [float(k) for k in range(6)]
+    assert [s["teacher"] for s in out.settings] == out.names

@@ -228,7 +228,7 @@ def run_order(teachers: Sequence[TeacherSpec | Tracker]) -> list[int]:
     peak RSS alone, 100 frames of 480x854, grid 20), highest first; ties and teachers without it keep their order.
 
     A teacher's peak sits on top of what the earlier ones left in the process (imported machinery, allocator
-    state, a fragmented heap: 100-400 MB measured on one thread), so the heaviest runs while the process is fresh
+    state, a fragmented heap: 200-300 MB measured for AllTracker), so the heaviest runs while the process is fresh
     and an ensemble peaks close to its largest teacher alone.
     """
     def peak(t: TeacherSpec | Tracker) -> int:

@@ -218,9 +218,14 @@ def run_teachers(
         if owned:
             del tracker  # free the teacher before the next one loads
             free_memory()
-    order = [done[i] for i in range(len(teachers))]
-    return TeacherRun([o[0] for o in order], [o[1] for o in order], [o[2] for o in order], [o[3] for o in order],
-                      seconds)
+    run = TeacherRun([], [], [], [], seconds)
+    for i in range(len(teachers)):  # the order given
+        name, tracks, vis, settings = done[i]
+        run.names.append(name)
+        run.tracks.append(tracks)
+        run.visibility.append(vis)
+        run.settings.append(settings)
+    return run
 
 
 def run_order(teachers: Sequence[TeacherSpec | Tracker]) -> list[int]:

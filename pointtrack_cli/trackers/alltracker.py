@@ -33,8 +33,9 @@ Documented deviations (the only places ptrack's numbers differ from the official
 * Output scaling in float64 (:func:`.teacher.scale_xy`; the official code scales in float32: ~1e-5 px).
 * Frames are resized and encoded lazily, per window, and the features of a frame are cached (up to
   :data:`FEATURE_CACHE_BYTES`) and reused by the dense runs of later query frames and by the backward pass,
-  while such a run is still to come (one query frame, forward only: nothing is cached); the clip is padded as the official code does but its repeated last frame is encoded once. None of this
-  changes a number beyond float rounding.
+  while such a run is still to come (one query frame, forward only: nothing is cached); the clip is padded
+  as the official code does but its repeated last frame is encoded once. None of this changes a number beyond
+  float rounding.
 * ``--resolution HxW`` (or ``alltracker@HxW``) runs the wrapper at another size (the official wrapper with its
   ``interp_shape`` changed). Frames are padded to multiples of 64; at least 193 pixels a side are needed.
 * Precision: fp32 on CPU; on CUDA ``--precision bf16|fp16`` runs under autocast (the official ensemble uses
@@ -254,8 +255,9 @@ class AllTrackerTracker(Tracker):
             sliding = length > self.sliding_above
             self.last_dense_runs.append((q, length, sliding))
             pixels = torch.as_tensor(px[cols], device=self.device)
+            keep = more_after or k < len(runs) - 1  # a later run reads these frames' features
             flow, visconf = self.model.track_clip(
-                encoder(q, more_after or k < len(runs) - 1), length, self.resolution, self.iters, sliding, pixels, progress=step
+                encoder(q, keep), length, self.resolution, self.iters, sliding, pixels, progress=step
             )
             flow = flow.float().cpu().numpy()  # [T', K, 2]
             visconf = visconf.float().cpu().numpy()
